@@ -1,0 +1,2 @@
+//! edgeflag: a Confidence-compatible flag resolver for Cloudflare Workers.
+pub mod proto;

@@ -1,0 +1,49 @@
+//! Generated wire types (prost) and their proto3 JSON mapping (pbjson).
+#![allow(clippy::all, missing_docs, dead_code)]
+
+pub mod google {
+    pub mod r#type {
+        include!(concat!(env!("OUT_DIR"), "/google.r#type.rs"));
+        include!(concat!(env!("OUT_DIR"), "/google.r#type.serde.rs"));
+    }
+}
+
+pub mod confidence {
+    pub mod iam {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/confidence.iam.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/confidence.iam.v1.serde.rs"));
+        }
+    }
+    pub mod flags {
+        pub mod types {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/confidence.flags.types.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/confidence.flags.types.v1.serde.rs"));
+            }
+        }
+        pub mod admin {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/confidence.flags.admin.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/confidence.flags.admin.v1.serde.rs"));
+            }
+        }
+        pub mod resolver {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/confidence.flags.resolver.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/confidence.flags.resolver.v1.serde.rs"));
+                pub mod events {
+                    include!(concat!(env!("OUT_DIR"), "/confidence.flags.resolver.v1.events.rs"));
+                    include!(concat!(env!("OUT_DIR"), "/confidence.flags.resolver.v1.events.serde.rs"));
+                }
+            }
+        }
+    }
+}
+
+pub use confidence::flags::admin::v1 as admin;
+pub use confidence::flags::resolver::v1 as resolver;
+pub use confidence::flags::resolver::v1::events;
+pub use confidence::flags::types::v1 as types;
+pub use confidence::iam::v1 as iam;
+pub use pbjson_types as wkt;
