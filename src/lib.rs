@@ -1,2 +1,7 @@
 //! edgeflag: a Confidence-compatible flag resolver for Cloudflare Workers.
+pub mod api;
+pub mod hash;
 pub mod proto;
+pub mod resolve;
+pub mod state;
+pub mod targeting;

@@ -1,0 +1,662 @@
+//! The resolver core: pure, synchronous, no I/O and no globals. Given a
+//! snapshot, a request and what is known about sticky assignments, it
+//! decides every flag; callers turn the result into responses and logs.
+
+pub mod sticky;
+
+use crate::hash;
+use crate::proto::admin::flag::{self, rule::materialization_spec::MaterializationReadMode};
+use crate::proto::resolver::ResolveReason;
+use crate::proto::types::targeting::{criterion, Criterion};
+use crate::proto::wkt::{value::Kind, Struct};
+use crate::state::snapshot::{
+    AssignmentKind, Credential, FlagEntry, RuleEntry, Snapshot, VariantEntry, MAX_FLAGS_PER_RESOLVE,
+};
+use crate::targeting::{self, EvalError, Tri};
+use std::borrow::Cow;
+use sticky::{ReadPlan, Record, Sticky};
+
+/// The context key used when a rule names none.
+pub const DEFAULT_SELECTOR: &str = "targeting_key";
+/// Longest targeting key accepted, in UTF-8 bytes.
+pub const MAX_TARGETING_KEY_BYTES: usize = 100;
+
+/// What a caller asks for. Borrowed from the parsed request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'r> {
+    /// Empty means every flag the client may see.
+    pub flags: &'r [String],
+    pub context: &'r Struct,
+    pub client_secret: &'r str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// Deliberately carries nothing about which secrets exist.
+    UnknownClientSecret,
+    TooManyFlags {
+        count: usize,
+    },
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::UnknownClientSecret => f.write_str("client secret not recognized"),
+            ResolveError::TooManyFlags { count } => write!(
+                f,
+                "at most {MAX_FLAGS_PER_RESOLVE} flags can be resolved in one request; this one would resolve {count}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
+/// The rule and assignment a flag got.
+#[derive(Debug, Clone)]
+pub struct Assigned<'s, 'r> {
+    pub rule: &'s flag::Rule,
+    pub assignment_id: &'s str,
+    /// `None` for a client-default assignment.
+    pub variant: Option<&'s VariantEntry>,
+    pub unit: Option<Cow<'r, str>>,
+}
+
+/// A rule the unit fell through on its way.
+#[derive(Debug, Clone)]
+pub struct Fallthrough<'s, 'r> {
+    pub rule: &'s flag::Rule,
+    pub assignment_id: &'s str,
+    pub unit: Option<Cow<'r, str>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FlagResult<'s, 'r> {
+    pub flag: &'s FlagEntry,
+    pub reason: ResolveReason,
+    pub assigned: Option<Assigned<'s, 'r>>,
+    pub fallthroughs: Vec<Fallthrough<'s, 'r>>,
+}
+
+impl FlagResult<'_, '_> {
+    /// Whether the client should report exposure when it uses the flag.
+    pub fn should_apply(&self) -> bool {
+        self.reason == ResolveReason::Match || !self.fallthroughs.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub struct Resolution<'s, 'r> {
+    pub credential: &'s Credential,
+    pub flags: Vec<FlagResult<'s, 'r>>,
+    /// Sticky assignments to store, one per (unit, materialization, rule).
+    pub writes: Vec<Record>,
+    /// Sticky reads still needed: non-empty only from a `Sticky::Discover`
+    /// pass, and then the flags above are provisional.
+    pub reads: ReadPlan,
+}
+
+impl Resolution<'_, '_> {
+    pub fn needs_reads(&self) -> bool {
+        !self.reads.reads.is_empty()
+    }
+}
+
+/// Resolves `req` against `snap`. `trace`, when given, receives one line per
+/// decision (for `edgeflag explain`); it costs nothing when `None`.
+pub fn resolve<'s, 'r>(
+    snap: &'s Snapshot,
+    req: &Request<'r>,
+    sticky: Sticky<'_>,
+    trace: Option<&mut Vec<String>>,
+) -> Result<Resolution<'s, 'r>, ResolveError> {
+    let credential = snap
+        .credential(req.client_secret)
+        .ok_or(ResolveError::UnknownClientSecret)?;
+    let selected = select_flags(snap, req.flags, &credential.client);
+    if selected.len() > MAX_FLAGS_PER_RESOLVE {
+        return Err(ResolveError::TooManyFlags {
+            count: selected.len(),
+        });
+    }
+    let mut engine = Engine {
+        snap,
+        ctx: req.context,
+        credential,
+        sticky,
+        writes: Vec::new(),
+        reads: ReadPlan::default(),
+        trace,
+        bitset_bucket: None,
+        path: Vec::new(),
+    };
+    let mut flags = Vec::with_capacity(selected.len());
+    for i in selected {
+        if let Some(flag) = snap.flags.get(i) {
+            flags.push(engine.resolve_flag(flag));
+        }
+    }
+    Ok(Resolution {
+        credential,
+        flags,
+        writes: engine.writes,
+        reads: engine.reads,
+    })
+}
+
+/// Active flags of `client`, in request order (state order for "all"),
+/// each once. Unknown names are skipped, as Confidence does.
+fn select_flags(snap: &Snapshot, names: &[String], client: &str) -> Vec<usize> {
+    if names.is_empty() {
+        return snap.client_flag_indices(client).to_vec();
+    }
+    let mut out: Vec<usize> = Vec::with_capacity(names.len());
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        let Some(i) = snap.flag_index(name) else {
+            continue;
+        };
+        let Some(f) = snap.flags.get(i) else { continue };
+        if !f.active || !f.proto.clients.iter().any(|c| c == client) {
+            continue;
+        }
+        if names.len() <= 16 {
+            if out.contains(&i) {
+                continue;
+            }
+        } else if !seen.insert(i) {
+            continue;
+        }
+        out.push(i);
+    }
+    out
+}
+
+enum Key<'r> {
+    Valid(Cow<'r, str>),
+    Absent,
+    Invalid(&'static str),
+}
+
+fn targeting_key<'r>(ctx: &'r Struct, selector: &str) -> Key<'r> {
+    let key = match targeting::lookup(ctx, selector).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => return Key::Absent,
+        Some(Kind::StringValue(s)) => Cow::Borrowed(s.as_str()),
+        Some(Kind::NumberValue(n)) => {
+            if !n.is_finite() || n.fract() != 0.0 {
+                return Key::Invalid("a number that is not a whole number");
+            }
+            Cow::Owned(format!("{n:.0}"))
+        }
+        Some(Kind::BoolValue(_)) => return Key::Invalid("a boolean"),
+        Some(Kind::StructValue(_)) => return Key::Invalid("an object"),
+        Some(Kind::ListValue(_)) => return Key::Invalid("a list"),
+    };
+    if key.len() > MAX_TARGETING_KEY_BYTES {
+        return Key::Invalid("longer than 100 bytes");
+    }
+    Key::Valid(key)
+}
+
+struct Engine<'s, 'r, 'm, 't> {
+    snap: &'s Snapshot,
+    ctx: &'r Struct,
+    credential: &'s Credential,
+    sticky: Sticky<'m>,
+    writes: Vec<Record>,
+    reads: ReadPlan,
+    trace: Option<&'t mut Vec<String>>,
+    /// The unit's bitset bucket, reused across segments of one request.
+    bitset_bucket: Option<(String, u64)>,
+    /// Segments being evaluated, innermost last: the cycle guard.
+    path: Vec<&'s str>,
+}
+
+/// How one rule ended, when it ends the flag.
+enum Stop<'s, 'r> {
+    Assigned(Assigned<'s, 'r>),
+    Reason(ResolveReason),
+}
+
+impl<'s, 'r> Engine<'s, 'r, '_, '_> {
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.push(line());
+        }
+    }
+
+    fn resolve_flag(&mut self, flag: &'s FlagEntry) -> FlagResult<'s, 'r> {
+        let mut fallthroughs = Vec::new();
+        let mut missing_reads = false;
+        let name = flag.name();
+        self.note(|| format!("{name}"));
+        for (rule, entry) in flag.proto.rules.iter().zip(&flag.rules) {
+            match self.resolve_rule(flag, rule, entry, &mut fallthroughs, &mut missing_reads) {
+                None => continue,
+                Some(Stop::Assigned(a)) => {
+                    return FlagResult {
+                        flag,
+                        reason: ResolveReason::Match,
+                        assigned: Some(a),
+                        fallthroughs,
+                    };
+                }
+                Some(Stop::Reason(reason)) => {
+                    return FlagResult {
+                        flag,
+                        reason,
+                        assigned: None,
+                        fallthroughs,
+                    };
+                }
+            }
+        }
+        if missing_reads {
+            self.note(|| "  provisional: sticky assignments must be read first".to_string());
+        }
+        self.note(|| "  => no rule matched: NO_SEGMENT_MATCH".to_string());
+        FlagResult {
+            flag,
+            reason: ResolveReason::NoSegmentMatch,
+            assigned: None,
+            fallthroughs,
+        }
+    }
+
+    /// `None` moves on to the next rule.
+    fn resolve_rule(
+        &mut self,
+        flag: &'s FlagEntry,
+        rule: &'s flag::Rule,
+        entry: &'s RuleEntry,
+        fallthroughs: &mut Vec<Fallthrough<'s, 'r>>,
+        missing_reads: &mut bool,
+    ) -> Option<Stop<'s, 'r>> {
+        let rname = rule.name.as_str();
+        if !rule.enabled {
+            self.note(|| format!("  {rname}: disabled"));
+            return None;
+        }
+        if !rule.environments.is_empty()
+            && !rule
+                .environments
+                .iter()
+                .any(|e| self.credential.environments.iter().any(|c| c == e))
+        {
+            self.note(|| {
+                format!(
+                    "  {rname}: only for environments {:?}; the credential has {:?}",
+                    rule.environments, self.credential.environments
+                )
+            });
+            return None;
+        }
+        if !self.snap.segments.contains_key(&rule.segment) {
+            self.note(|| format!("  {rname}: segment {:?} is not in the state", rule.segment));
+            return None;
+        }
+
+        let blank = rule.targeting_key_selector.is_empty();
+        let selector = if blank {
+            DEFAULT_SELECTOR
+        } else {
+            rule.targeting_key_selector.as_str()
+        };
+        let unit: Option<Cow<'r, str>> = match targeting_key(self.ctx, selector) {
+            Key::Valid(u) => Some(u),
+            Key::Absent if blank => {
+                self.note(|| format!("  {rname}: no targeting key; only a full rollout can match"));
+                None
+            }
+            Key::Absent => {
+                self.note(|| format!("  {rname}: context has no {selector:?} to bucket on"));
+                return None;
+            }
+            Key::Invalid(_) if blank && entry.full_rollout => None,
+            Key::Invalid(why) => {
+                self.note(|| {
+                    format!("  {rname}: targeting key {selector:?} is {why} => TARGETING_KEY_ERROR")
+                });
+                return Some(Stop::Reason(ResolveReason::TargetingKeyError));
+            }
+        };
+        let spec = rule.assignment_spec.as_ref()?;
+        let mat = rule.materialization_spec.as_ref();
+
+        // Sticky read: a unit already stored keeps its variant.
+        let mut matched_by_sticky = false;
+        let mut discovering = false;
+        if let Some(read) = mat
+            .map(|m| m.read_materialization.as_str())
+            .filter(|r| !r.is_empty())
+        {
+            let Some(u) = unit.as_deref() else {
+                self.note(|| format!("  {rname}: sticky read needs a targeting key"));
+                return None;
+            };
+            let mode = mat.and_then(|m| m.mode).unwrap_or(MaterializationReadMode {
+                materialization_must_match: false,
+                segment_targeting_can_be_ignored: false,
+            });
+            match self.sticky {
+                Sticky::Unsupported => {
+                    self.note(|| format!("  {rname}: reads {read} but there is no sticky store => MATERIALIZATION_NOT_SUPPORTED"));
+                    return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
+                }
+                Sticky::Discover => {
+                    self.reads.add(u, read, rname);
+                    *missing_reads = true;
+                    discovering = true;
+                }
+                Sticky::Known(set) => {
+                    match set.lookup(u, read, rname) {
+                        None if mode.materialization_must_match => {
+                            self.note(|| {
+                                format!("  {rname}: unit not in {read}, and intake is paused")
+                            });
+                            return None;
+                        }
+                        None => self.note(|| format!("  {rname}: unit not in {read}")),
+                        Some(stored) => {
+                            let targeted = mode.segment_targeting_can_be_ignored
+                                || match self.segment_match(&rule.segment, Some(u), false) {
+                                    Ok(t) => t == Tri::True,
+                                    Err(EvalError::MaterializationUnsupported) => {
+                                        return Some(Stop::Reason(
+                                            ResolveReason::MaterializationNotSupported,
+                                        ))
+                                    }
+                                    Err(EvalError::Unrecognized) => false,
+                                };
+                            if !targeted {
+                                self.note(|| format!("  {rname}: unit is in {read} but fails the segment targeting"));
+                                return None;
+                            }
+                            if let Some(i) =
+                                self.sticky_pick(flag, entry, spec, &rule.segment, u, stored)
+                            {
+                                let a = self.assign(
+                                    flag,
+                                    rule,
+                                    entry,
+                                    spec,
+                                    i,
+                                    unit.clone(),
+                                    fallthroughs,
+                                )?;
+                                self.note(|| format!("  {rname}: sticky: {read} recorded variant {stored:?} => MATCH"));
+                                return Some(a);
+                            }
+                            self.note(|| format!("  {rname}: unit is in {read} (no stored variant for this rule); bucketing without the bitset"));
+                            matched_by_sticky = true;
+                        }
+                    }
+                }
+            }
+        }
+
+        if !matched_by_sticky {
+            match self.segment_match(&rule.segment, unit.as_deref(), true) {
+                Err(EvalError::Unrecognized) => {
+                    self.note(|| format!("  {rname}: segment uses a targeting rule this resolver does not recognize; skipped"));
+                    return None;
+                }
+                Err(EvalError::MaterializationUnsupported) => {
+                    self.note(|| format!("  {rname}: segment needs sticky membership but there is no store => MATERIALIZATION_NOT_SUPPORTED"));
+                    return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
+                }
+                Ok(Tri::False) => {
+                    self.note(|| {
+                        format!(
+                            "  {rname}: unit not in segment {} (targeting or bitset)",
+                            rule.segment
+                        )
+                    });
+                    return None;
+                }
+                Ok(Tri::Unknown) => {
+                    *missing_reads = true;
+                    return None;
+                }
+                Ok(Tri::True) if discovering => return None,
+                Ok(Tri::True) => {
+                    self.note(|| format!("  {rname}: unit is in segment {}", rule.segment))
+                }
+            }
+        }
+
+        let index = if entry.full_rollout {
+            Some(0)
+        } else if let Some(u) = unit.as_deref() {
+            let b = hash::bucket(&entry.segment_id, u, entry.bucket_count);
+            let found = find_bucket(spec, b, None);
+            self.note(|| match found {
+                Some(i) => format!(
+                    "  {rname}: bucket {b} of {} -> assignment {:?}",
+                    entry.bucket_count, spec.assignments[i].assignment_id
+                ),
+                None => format!(
+                    "  {rname}: bucket {b} of {} falls in no assignment's range",
+                    entry.bucket_count
+                ),
+            });
+            found
+        } else {
+            self.note(|| format!("  {rname}: not a full rollout and no targeting key to bucket"));
+            None
+        };
+        let i = index?;
+        self.assign(flag, rule, entry, spec, i, unit, fallthroughs)
+    }
+
+    /// Applies assignment `i` of `rule`: queues the sticky write, records a
+    /// fallthrough (and returns `None` to go on), or ends the flag.
+    #[allow(clippy::too_many_arguments)]
+    fn assign(
+        &mut self,
+        flag: &'s FlagEntry,
+        rule: &'s flag::Rule,
+        entry: &'s RuleEntry,
+        spec: &'s flag::rule::AssignmentSpec,
+        i: usize,
+        unit: Option<Cow<'r, str>>,
+        fallthroughs: &mut Vec<Fallthrough<'s, 'r>>,
+    ) -> Option<Stop<'s, 'r>> {
+        let rname = rule.name.as_str();
+        let kind = *entry.assignments.get(i)?;
+        let assignment_id = spec
+            .assignments
+            .get(i)
+            .map(|a| a.assignment_id.as_str())
+            .unwrap_or("");
+        let variant = match kind {
+            AssignmentKind::Unset => {
+                self.note(|| {
+                    format!("  {rname}: assignment {assignment_id:?} assigns nothing; next rule")
+                });
+                return None;
+            }
+            AssignmentKind::Variant(v) => flag.variants.get(v),
+            AssignmentKind::Fallthrough | AssignmentKind::ClientDefault => None,
+        };
+        if let (Some(u), Some(write)) = (
+            unit.as_deref(),
+            rule.materialization_spec
+                .as_ref()
+                .map(|m| m.write_materialization.as_str())
+                .filter(|w| !w.is_empty()),
+        ) {
+            if matches!(self.sticky, Sticky::Unsupported) {
+                self.note(|| format!("  {rname}: writes {write} but there is no sticky store => MATERIALIZATION_NOT_SUPPORTED"));
+                return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
+            }
+            let dup = self
+                .writes
+                .iter()
+                .any(|w| w.unit == u && w.materialization == write && w.rule == rname);
+            if !dup {
+                self.writes.push(Record {
+                    unit: u.to_string(),
+                    materialization: write.to_string(),
+                    rule: rname.to_string(),
+                    variant: variant.map(|v| v.name.clone()).unwrap_or_default(),
+                });
+            }
+        }
+        match kind {
+            AssignmentKind::Fallthrough => {
+                self.note(|| format!("  {rname}: fallthrough {assignment_id:?}; next rule"));
+                fallthroughs.push(Fallthrough {
+                    rule,
+                    assignment_id,
+                    unit,
+                });
+                None
+            }
+            AssignmentKind::ClientDefault => {
+                self.note(|| format!("  {rname}: client default {assignment_id:?} => MATCH"));
+                Some(Stop::Assigned(Assigned {
+                    rule,
+                    assignment_id,
+                    variant: None,
+                    unit,
+                }))
+            }
+            AssignmentKind::Variant(_) => {
+                let v = variant?;
+                self.note(|| format!("  {rname}: variant {} ({assignment_id:?}) => MATCH", v.name));
+                Some(Stop::Assigned(Assigned {
+                    rule,
+                    assignment_id,
+                    variant: Some(v),
+                    unit,
+                }))
+            }
+            AssignmentKind::Unset => None,
+        }
+    }
+
+    /// Segment membership: targeting, then (when `with_bitset`) the
+    /// allocation bitset. `path` guards against reference cycles.
+    fn segment_match(
+        &mut self,
+        name: &'s str,
+        unit: Option<&str>,
+        with_bitset: bool,
+    ) -> Result<Tri, EvalError> {
+        let snap = self.snap;
+        let Some(seg) = snap.segments.get(name) else {
+            return Ok(Tri::False);
+        };
+        if self.path.len() >= targeting::MAX_DEPTH || self.path.contains(&name) {
+            return Ok(Tri::False);
+        }
+        let targeted = match seg.proto.targeting.as_ref() {
+            None => Tri::True,
+            Some(t) => match t.expression.as_ref() {
+                None => Tri::True,
+                Some(expr) => {
+                    self.path.push(name);
+                    let mut leaf = |c: &'s Criterion| self.criterion(c, unit);
+                    let r = targeting::eval_expression(expr, &t.criteria, &mut leaf, 0);
+                    self.path.pop();
+                    r?
+                }
+            },
+        };
+        if targeted == Tri::False || !with_bitset {
+            return Ok(targeted);
+        }
+        let Some(bits) = seg.bitset.as_ref() else {
+            return Ok(targeted);
+        };
+        let allocated = match unit {
+            Some(u) => bits.get(self.bitset_bucket(u) as usize),
+            None => bits.all_set(),
+        };
+        Ok(if allocated { targeted } else { Tri::False })
+    }
+
+    fn bitset_bucket(&mut self, unit: &str) -> u64 {
+        if let Some((u, b)) = &self.bitset_bucket {
+            if u == unit {
+                return *b;
+            }
+        }
+        let b = hash::bucket(&self.snap.bitset_salt, unit, hash::SEGMENT_BUCKETS);
+        self.bitset_bucket = Some((unit.to_string(), b));
+        b
+    }
+
+    fn criterion(&mut self, c: &'s Criterion, unit: Option<&str>) -> Result<Tri, EvalError> {
+        match &c.criterion {
+            None => Ok(Tri::False),
+            Some(criterion::Criterion::Attribute(a)) => {
+                targeting::attribute_matches(a, self.ctx).map(Tri::from)
+            }
+            Some(criterion::Criterion::Segment(s)) => self.segment_match(&s.segment, unit, true),
+            Some(criterion::Criterion::MaterializedSegment(m)) => {
+                let Some(u) = unit else { return Ok(Tri::False) };
+                let name = m.materialized_segment.as_str();
+                if let Some(bf) = self.snap.bloom_filters.get(name) {
+                    return Ok(bf.might_contain(u).into());
+                }
+                match self.sticky {
+                    Sticky::Unsupported => Err(EvalError::MaterializationUnsupported),
+                    Sticky::Discover => {
+                        self.reads.add(u, name, "");
+                        Ok(Tri::Unknown)
+                    }
+                    Sticky::Known(set) => Ok(set.lookup(u, name, "").is_some().into()),
+                }
+            }
+        }
+    }
+
+    /// Among assignments giving the stored variant: the only one, or the
+    /// one whose range holds the unit's bucket.
+    fn sticky_pick(
+        &self,
+        flag: &FlagEntry,
+        entry: &RuleEntry,
+        spec: &flag::rule::AssignmentSpec,
+        segment: &str,
+        unit: &str,
+        stored: &str,
+    ) -> Option<usize> {
+        if stored.is_empty() {
+            return None;
+        }
+        let candidates: Vec<usize> = entry
+            .assignments
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| matches!(k, AssignmentKind::Variant(v) if flag.variants.get(*v).is_some_and(|v| v.name == stored)))
+            .map(|(i, _)| i)
+            .collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            _ => {
+                let _ = segment;
+                let b = hash::bucket(&entry.segment_id, unit, entry.bucket_count);
+                find_bucket(spec, b, Some(&candidates))
+            }
+        }
+    }
+}
+
+/// First assignment (in list order, optionally among `only`) with a range
+/// holding bucket `b`.
+fn find_bucket(spec: &flag::rule::AssignmentSpec, b: u64, only: Option<&[usize]>) -> Option<usize> {
+    spec.assignments.iter().enumerate().find_map(|(i, a)| {
+        if only.is_some_and(|o| !o.contains(&i)) {
+            return None;
+        }
+        a.bucket_ranges
+            .iter()
+            .any(|r| (r.lower.max(0) as u64) <= b && b < (r.upper.max(0) as u64))
+            .then_some(i)
+    })
+}

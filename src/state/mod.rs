@@ -1,0 +1,4 @@
+pub mod bitset;
+pub mod bloom;
+pub mod formats;
+pub mod snapshot;

@@ -1,0 +1,533 @@
+//! A validated, indexed, immutable state: what one resolve reads. Built once
+//! per state (never per request) and swapped whole, so a request sees one
+//! consistent state from start to finish.
+
+use super::bitset::{Bitset, BUCKETS};
+use super::bloom::BloomFilter;
+use super::formats::{self, StateFormat};
+use crate::proto::admin::{self, flag, resolver_state::packed_bitset};
+use crate::proto::types::{flag_schema, FlagSchema};
+use crate::proto::wkt::{value::Kind, Struct, Value};
+use std::collections::HashMap;
+use std::fmt;
+
+/// Confidence refuses requests that would resolve more flags than this.
+pub const MAX_FLAGS_PER_RESOLVE: usize = 1000;
+
+/// Everything wrong with a state, each naming the resource at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "state rejected ({} problem{})",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The caller's identity, found by client secret.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// `clients/<id>`
+    pub client: String,
+    /// `clients/<id>/credentials/<id>`
+    pub credential: String,
+    pub environments: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct VariantEntry {
+    pub name: String,
+    /// The value with schema fields it lacks filled with null.
+    pub value: Struct,
+    /// `value` as JSON, written once here instead of on every resolve.
+    pub value_json: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignmentKind {
+    Variant(usize),
+    Fallthrough,
+    ClientDefault,
+    /// No oneof set: the rule falls through to the next one.
+    Unset,
+}
+
+#[derive(Debug)]
+pub struct RuleEntry {
+    /// Second path component of the rule's segment (`segments/abc` → `abc`),
+    /// the salt of the variant bucket.
+    pub segment_id: String,
+    /// One assignment covering every bucket: assigned without hashing.
+    pub full_rollout: bool,
+    pub bucket_count: u64,
+    /// Parallel to the proto's assignments.
+    pub assignments: Vec<AssignmentKind>,
+}
+
+#[derive(Debug)]
+pub struct FlagEntry {
+    pub proto: admin::Flag,
+    pub active: bool,
+    pub variants: Vec<VariantEntry>,
+    /// Parallel to `proto.rules`.
+    pub rules: Vec<RuleEntry>,
+    /// The flag schema as JSON, when the flag has one.
+    pub schema_json: Option<String>,
+}
+
+impl FlagEntry {
+    pub fn name(&self) -> &str {
+        &self.proto.name
+    }
+}
+
+#[derive(Debug)]
+pub struct SegmentEntry {
+    pub proto: admin::Segment,
+    /// `None` means every bucket is allocated.
+    pub bitset: Option<Bitset>,
+}
+
+/// Counts for `edgeflag validate` and the load log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub bytes: usize,
+    pub flags: usize,
+    pub active_flags: usize,
+    pub segments: usize,
+    pub bitsets: usize,
+    pub full_bitsets: usize,
+    pub bloom_filters: usize,
+    pub clients: usize,
+    pub credentials: usize,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub account_id: String,
+    /// `MegaSalt-<account>`: salts segment-bitset buckets.
+    pub bitset_salt: String,
+    pub flags: Vec<FlagEntry>,
+    flag_index: HashMap<String, usize>,
+    pub segments: HashMap<String, SegmentEntry>,
+    pub bloom_filters: HashMap<String, BloomFilter>,
+    credentials: HashMap<String, Credential>,
+    /// Active flags per client name, in state order: "resolve all".
+    client_flags: HashMap<String, Vec<usize>>,
+    pub log_destinations: Vec<i32>,
+    /// Identifies the exact bytes this snapshot was built from.
+    pub etag: String,
+    pub format: StateFormat,
+    pub stats: Stats,
+    /// Oddities that do not stop the state from serving correctly.
+    pub warnings: Vec<String>,
+}
+
+impl Snapshot {
+    /// Decodes, validates and indexes a state in any accepted format.
+    /// `account` names the account when the format carries none.
+    pub fn load(
+        bytes: &[u8],
+        format: Option<StateFormat>,
+        account: Option<&str>,
+    ) -> Result<Snapshot, LoadError> {
+        let decoded = formats::decode(bytes, format).map_err(|e| LoadError {
+            problems: vec![e.to_string()],
+        })?;
+        let account_id = match (account, decoded.account_id.as_deref()) {
+            (Some(a), _) => formats::normalize_account(a),
+            (None, Some(a)) => a.to_string(),
+            (None, None) => {
+                return Err(LoadError {
+                    problems: vec![format!(
+                        "no account: the {} format does not carry one, so name it (--account / EDGEFLAG_ACCOUNT)",
+                        decoded.format
+                    )],
+                })
+            }
+        };
+        let mut snap = Snapshot::compile(decoded.state, &account_id, decoded.log_destinations)?;
+        snap.etag = etag_of(bytes);
+        snap.format = decoded.format;
+        snap.stats.bytes = bytes.len();
+        Ok(snap)
+    }
+
+    /// Validates and indexes a decoded state.
+    pub fn compile(
+        state: admin::ResolverState,
+        account_id: &str,
+        log_destinations: Vec<i32>,
+    ) -> Result<Snapshot, LoadError> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let account_id = formats::normalize_account(account_id);
+        if account_id.is_empty() {
+            problems.push("account id is empty".to_string());
+        }
+        let mut stats = Stats::default();
+
+        // Segments and their bitsets.
+        let mut segments: HashMap<String, SegmentEntry> =
+            HashMap::with_capacity(state.segments_no_bitsets.len());
+        for seg in state.segments_no_bitsets {
+            if segments.contains_key(&seg.name) {
+                problems.push(format!("segment {}: defined twice", seg.name));
+                continue;
+            }
+            segments.insert(
+                seg.name.clone(),
+                SegmentEntry {
+                    proto: seg,
+                    bitset: None,
+                },
+            );
+        }
+        stats.segments = segments.len();
+        for packed in state.bitsets {
+            let name = packed.segment;
+            let bitset = match packed.bitset {
+                None => continue,
+                Some(packed_bitset::Bitset::FullBitset(true)) => {
+                    stats.full_bitsets += 1;
+                    continue;
+                }
+                Some(packed_bitset::Bitset::FullBitset(false)) => {
+                    problems.push(format!(
+                        "bitset of {name}: full_bitset=false carries no bits"
+                    ));
+                    continue;
+                }
+                Some(packed_bitset::Bitset::GzippedBitset(data)) => {
+                    match Bitset::from_gzip(&data) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            problems.push(format!("bitset of {name}: {e}"));
+                            continue;
+                        }
+                    }
+                }
+            };
+            stats.bitsets += 1;
+            if bitset.len_bits() < BUCKETS {
+                warnings.push(format!(
+                    "bitset of {name}: {} bits, fewer than {BUCKETS}; units beyond it never match",
+                    bitset.len_bits()
+                ));
+            }
+            match segments.get_mut(&name) {
+                Some(seg) if seg.bitset.is_some() => {
+                    problems.push(format!("bitset of {name}: given twice"))
+                }
+                Some(seg) => seg.bitset = Some(bitset),
+                None => warnings.push(format!("bitset of {name}: no such segment; ignored")),
+            }
+        }
+
+        // Bloom filters of materialized segments.
+        let mut bloom_filters = HashMap::new();
+        for bf in &state.bloom_filters {
+            match BloomFilter::from_proto(bf) {
+                Ok(f) => {
+                    if bloom_filters
+                        .insert(bf.materialized_segment.clone(), f)
+                        .is_some()
+                    {
+                        problems.push(format!(
+                            "bloom filter of {}: given twice",
+                            bf.materialized_segment
+                        ));
+                    }
+                }
+                Err(e) => {
+                    problems.push(format!("bloom filter of {}: {e}", bf.materialized_segment))
+                }
+            }
+        }
+        stats.bloom_filters = bloom_filters.len();
+
+        // Credentials by secret. A credential belongs to the client whose
+        // name is its path prefix (`clients/a/credentials/x` → `clients/a`).
+        let mut credentials: HashMap<String, Credential> = HashMap::new();
+        stats.clients = state.clients.len();
+        for cred in &state.client_credentials {
+            let Some(admin_cred) = cred.credential.as_ref() else {
+                continue;
+            };
+            let crate::proto::iam::client_credential::Credential::ClientSecret(secret) = admin_cred;
+            let Some(client) = state.clients.iter().find(|c| {
+                !c.name.is_empty()
+                    && cred
+                        .name
+                        .strip_prefix(c.name.as_str())
+                        .is_some_and(|r| r.starts_with('/'))
+            }) else {
+                warnings.push(format!(
+                    "credential {}: no client in the state owns it; ignored",
+                    cred.name
+                ));
+                continue;
+            };
+            if secret.secret.is_empty() {
+                problems.push(format!("credential {}: empty client secret", cred.name));
+                continue;
+            }
+            stats.credentials += 1;
+            let entry = Credential {
+                client: client.name.clone(),
+                credential: cred.name.clone(),
+                environments: cred.environments.clone(),
+            };
+            if let Some(prev) = credentials.insert(secret.secret.clone(), entry) {
+                problems.push(format!(
+                    "credential {}: shares its secret with {}, so requests could not tell them apart",
+                    cred.name, prev.credential
+                ));
+            }
+        }
+
+        // Flags.
+        let mut flags = Vec::with_capacity(state.flags.len());
+        let mut flag_index = HashMap::with_capacity(state.flags.len());
+        for proto in state.flags {
+            if flag_index.contains_key(&proto.name) {
+                problems.push(format!("{}: defined twice", proto.name));
+                continue;
+            }
+            match compile_flag(proto, &segments, &mut warnings) {
+                Ok(entry) => {
+                    flag_index.insert(entry.proto.name.clone(), flags.len());
+                    flags.push(entry);
+                }
+                Err(mut errs) => problems.append(&mut errs),
+            }
+        }
+        stats.flags = flags.len();
+        stats.active_flags = flags.iter().filter(|f| f.active).count();
+
+        let mut client_flags: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, f) in flags.iter().enumerate() {
+            if !f.active {
+                continue;
+            }
+            for c in &f.proto.clients {
+                let list = client_flags.entry(c.clone()).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(LoadError { problems });
+        }
+        Ok(Snapshot {
+            bitset_salt: format!("MegaSalt-{account_id}"),
+            account_id,
+            flags,
+            flag_index,
+            segments,
+            bloom_filters,
+            credentials,
+            client_flags,
+            log_destinations,
+            etag: String::new(),
+            format: StateFormat::Protobuf,
+            stats,
+            warnings,
+        })
+    }
+
+    pub fn credential(&self, secret: &str) -> Option<&Credential> {
+        self.credentials.get(secret)
+    }
+
+    /// All client secrets, for authenticating callers of operator routes.
+    pub fn has_secret(&self, secret: &str) -> bool {
+        self.credentials.contains_key(secret)
+    }
+
+    pub fn flag(&self, name: &str) -> Option<&FlagEntry> {
+        self.flag_index.get(name).and_then(|&i| self.flags.get(i))
+    }
+
+    pub(crate) fn flag_index(&self, name: &str) -> Option<usize> {
+        self.flag_index.get(name).copied()
+    }
+
+    pub(crate) fn client_flag_indices(&self, client: &str) -> &[usize] {
+        self.client_flags
+            .get(client)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+/// 128-bit MurmurHash3 of the state bytes, hex: an identity, not a MAC.
+pub fn etag_of(bytes: &[u8]) -> String {
+    format!("{:032x}", fastmurmur3::murmur3_x64_128(bytes, 0))
+}
+
+fn compile_flag(
+    proto: admin::Flag,
+    segments: &HashMap<String, SegmentEntry>,
+    warnings: &mut Vec<String>,
+) -> Result<FlagEntry, Vec<String>> {
+    let mut problems = Vec::new();
+    let name = proto.name.clone();
+    if name.is_empty() {
+        return Err(vec!["a flag has no name".to_string()]);
+    }
+    let schema = proto.schema.as_ref();
+    let mut variants = Vec::with_capacity(proto.variants.len());
+    for v in &proto.variants {
+        if variants.iter().any(|e: &VariantEntry| e.name == v.name) {
+            problems.push(format!("{name}: variant {} defined twice", v.name));
+            continue;
+        }
+        let mut value = v.value.clone().unwrap_or_default();
+        if let Some(s) = schema {
+            null_fill(&mut value, s, 0);
+        }
+        let value_json = match serde_json::to_string(&value) {
+            Ok(j) => j,
+            Err(e) => {
+                problems.push(format!(
+                    "{name}: variant {} value cannot be written as JSON: {e}",
+                    v.name
+                ));
+                continue;
+            }
+        };
+        variants.push(VariantEntry {
+            name: v.name.clone(),
+            value,
+            value_json,
+        });
+    }
+    let schema_json = match schema {
+        Some(s) => match serde_json::to_string(s) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                problems.push(format!("{name}: schema cannot be written as JSON: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut rules = Vec::with_capacity(proto.rules.len());
+    for rule in &proto.rules {
+        let rname = if rule.name.is_empty() {
+            "(unnamed rule)"
+        } else {
+            rule.name.as_str()
+        };
+        if !rule.segment.is_empty() && !segments.contains_key(&rule.segment) {
+            warnings.push(format!(
+                "{rname}: segment {} is not in the state; the rule never matches",
+                rule.segment
+            ));
+        }
+        let spec = rule.assignment_spec.as_ref();
+        let bucket_count = spec.map(|s| s.bucket_count).unwrap_or(0);
+        let mut assignments = Vec::new();
+        if let Some(spec) = spec {
+            if bucket_count <= 0 && !spec.assignments.is_empty() {
+                problems.push(format!(
+                    "{rname}: bucket count {bucket_count} must be positive"
+                ));
+            }
+            for a in &spec.assignments {
+                let kind = match &a.assignment {
+                    None => AssignmentKind::Unset,
+                    Some(flag::rule::assignment::Assignment::Fallthrough(_)) => {
+                        AssignmentKind::Fallthrough
+                    }
+                    Some(flag::rule::assignment::Assignment::ClientDefault(_)) => {
+                        AssignmentKind::ClientDefault
+                    }
+                    Some(flag::rule::assignment::Assignment::Variant(va)) => {
+                        match variants.iter().position(|v| v.name == va.variant) {
+                            Some(i) => AssignmentKind::Variant(i),
+                            None => {
+                                problems.push(format!(
+                                    "{rname}: assignment {} names variant {:?}, which {name} does not have",
+                                    a.assignment_id, va.variant
+                                ));
+                                AssignmentKind::Unset
+                            }
+                        }
+                    }
+                };
+                assignments.push(kind);
+            }
+        }
+        let full_rollout = spec.is_some_and(|s| {
+            s.assignments.len() == 1
+                && s.assignments[0].bucket_ranges.len() == 1
+                && s.assignments[0].bucket_ranges[0].lower == 0
+                && s.assignments[0].bucket_ranges[0].upper == s.bucket_count
+        });
+        rules.push(RuleEntry {
+            segment_id: rule.segment.split('/').nth(1).unwrap_or("").to_string(),
+            full_rollout,
+            bucket_count: bucket_count.max(0) as u64,
+            assignments,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(FlagEntry {
+        active: proto.state == flag::State::Active as i32,
+        proto,
+        variants,
+        rules,
+        schema_json,
+    })
+}
+
+/// Adds `null` for every schema field the value lacks, recursing into
+/// nested struct fields (not into lists).
+fn null_fill(value: &mut Struct, schema: &flag_schema::StructFlagSchema, depth: usize) {
+    if depth > 32 {
+        return;
+    }
+    for (key, field) in &schema.schema {
+        match value.fields.get_mut(key) {
+            None => {
+                value.fields.insert(
+                    key.clone(),
+                    Value {
+                        kind: Some(Kind::NullValue(0)),
+                    },
+                );
+            }
+            Some(Value {
+                kind: Some(Kind::StructValue(inner)),
+            }) => {
+                if let Some(FlagSchema {
+                    schema_type: Some(flag_schema::SchemaType::StructSchema(s)),
+                }) = Some(field)
+                {
+                    null_fill(inner, s, depth + 1);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
