@@ -20,11 +20,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError { status, code, message: message.into() }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -45,9 +41,7 @@ impl std::fmt::Display for ApiError {
 impl From<ResolveError> for ApiError {
     fn from(e: ResolveError) -> Self {
         match e {
-            ResolveError::UnknownClientSecret => {
-                ApiError::new(401, "UNAUTHENTICATED", e.to_string())
-            }
+            ResolveError::UnknownClientSecret => ApiError::new(401, "UNAUTHENTICATED", e.to_string()),
             ResolveError::TooManyFlags { .. } => ApiError::bad_request(e.to_string()),
         }
     }
@@ -58,10 +52,7 @@ fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
         return Err(ApiError::new(
             413,
             "PAYLOAD_TOO_LARGE",
-            format!(
-                "request body is {} bytes; the limit is {MAX_BODY_BYTES}",
-                body.len()
-            ),
+            format!("request body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -74,8 +65,7 @@ fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
             ApiError::bad_request(format!("invalid {what} field `{path}`: {inner}"))
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::bad_request(format!("invalid {what} JSON: {e}")))?;
+    de.end().map_err(|e| ApiError::bad_request(format!("invalid {what} JSON: {e}")))?;
     Ok(value)
 }
 
@@ -163,11 +153,7 @@ pub fn write_resolve_response(
     out.push(b']');
     if let Some(t) = token.filter(|t| !t.is_empty()) {
         out.extend_from_slice(b",\"resolveToken\":\"");
-        out.extend_from_slice(
-            base64::engine::general_purpose::STANDARD
-                .encode(t)
-                .as_bytes(),
-        );
+        out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(t).as_bytes());
         out.push(b'"');
     }
     if !resolve_id.is_empty() {
@@ -186,8 +172,5 @@ pub fn resolve_id_from(random: &[u8; 32]) -> String {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     // 248 = 4 * 62: rejection-free mapping would bias; the modulo bias of
     // 256 % 62 is irrelevant for an identifier that only needs uniqueness.
-    random
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
-        .collect()
+    random.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
 }

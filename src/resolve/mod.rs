@@ -57,6 +57,10 @@ impl std::error::Error for ResolveError {}
 #[derive(Debug, Clone)]
 pub struct Assigned<'s, 'r> {
     pub rule: &'s flag::Rule,
+    /// Position of `rule` in the flag, and of the assignment in the rule:
+    /// dense indices telemetry counts by.
+    pub rule_index: usize,
+    pub assignment_index: usize,
     pub assignment_id: &'s str,
     /// `None` for a client-default assignment.
     pub variant: Option<&'s VariantEntry>,
@@ -67,6 +71,8 @@ pub struct Assigned<'s, 'r> {
 #[derive(Debug, Clone)]
 pub struct Fallthrough<'s, 'r> {
     pub rule: &'s flag::Rule,
+    pub rule_index: usize,
+    pub assignment_index: usize,
     pub assignment_id: &'s str,
     pub unit: Option<Cow<'r, str>>,
 }
@@ -74,6 +80,8 @@ pub struct Fallthrough<'s, 'r> {
 #[derive(Debug, Clone)]
 pub struct FlagResult<'s, 'r> {
     pub flag: &'s FlagEntry,
+    /// Position of `flag` in `Snapshot::flags`.
+    pub flag_index: usize,
     pub reason: ResolveReason,
     pub assigned: Option<Assigned<'s, 'r>>,
     pub fallthroughs: Vec<Fallthrough<'s, 'r>>,
@@ -111,14 +119,10 @@ pub fn resolve<'s, 'r>(
     sticky: Sticky<'_>,
     trace: Option<&mut Vec<String>>,
 ) -> Result<Resolution<'s, 'r>, ResolveError> {
-    let credential = snap
-        .credential(req.client_secret)
-        .ok_or(ResolveError::UnknownClientSecret)?;
+    let credential = snap.credential(req.client_secret).ok_or(ResolveError::UnknownClientSecret)?;
     let selected = select_flags(snap, req.flags, &credential.client);
     if selected.len() > MAX_FLAGS_PER_RESOLVE {
-        return Err(ResolveError::TooManyFlags {
-            count: selected.len(),
-        });
+        return Err(ResolveError::TooManyFlags { count: selected.len() });
     }
     let mut engine = Engine {
         snap,
@@ -134,15 +138,10 @@ pub fn resolve<'s, 'r>(
     let mut flags = Vec::with_capacity(selected.len());
     for i in selected {
         if let Some(flag) = snap.flags.get(i) {
-            flags.push(engine.resolve_flag(flag));
+            flags.push(engine.resolve_flag(flag, i));
         }
     }
-    Ok(Resolution {
-        credential,
-        flags,
-        writes: engine.writes,
-        reads: engine.reads,
-    })
+    Ok(Resolution { credential, flags, writes: engine.writes, reads: engine.reads })
 }
 
 /// Active flags of `client`, in request order (state order for "all"),
@@ -226,29 +225,25 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         }
     }
 
-    fn resolve_flag(&mut self, flag: &'s FlagEntry) -> FlagResult<'s, 'r> {
+    fn resolve_flag(&mut self, flag: &'s FlagEntry, flag_index: usize) -> FlagResult<'s, 'r> {
         let mut fallthroughs = Vec::new();
         let mut missing_reads = false;
         let name = flag.name();
         self.note(|| format!("{name}"));
-        for (rule, entry) in flag.proto.rules.iter().zip(&flag.rules) {
-            match self.resolve_rule(flag, rule, entry, &mut fallthroughs, &mut missing_reads) {
+        for (rule_index, (rule, entry)) in flag.proto.rules.iter().zip(&flag.rules).enumerate() {
+            match self.resolve_rule(flag, rule_index, rule, entry, &mut fallthroughs, &mut missing_reads) {
                 None => continue,
                 Some(Stop::Assigned(a)) => {
                     return FlagResult {
                         flag,
+                        flag_index,
                         reason: ResolveReason::Match,
                         assigned: Some(a),
                         fallthroughs,
                     };
                 }
                 Some(Stop::Reason(reason)) => {
-                    return FlagResult {
-                        flag,
-                        reason,
-                        assigned: None,
-                        fallthroughs,
-                    };
+                    return FlagResult { flag, flag_index, reason, assigned: None, fallthroughs };
                 }
             }
         }
@@ -256,18 +251,14 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
             self.note(|| "  provisional: sticky assignments must be read first".to_string());
         }
         self.note(|| "  => no rule matched: NO_SEGMENT_MATCH".to_string());
-        FlagResult {
-            flag,
-            reason: ResolveReason::NoSegmentMatch,
-            assigned: None,
-            fallthroughs,
-        }
+        FlagResult { flag, flag_index, reason: ResolveReason::NoSegmentMatch, assigned: None, fallthroughs }
     }
 
     /// `None` moves on to the next rule.
     fn resolve_rule(
         &mut self,
         flag: &'s FlagEntry,
+        rule_index: usize,
         rule: &'s flag::Rule,
         entry: &'s RuleEntry,
         fallthroughs: &mut Vec<Fallthrough<'s, 'r>>,
@@ -279,10 +270,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
             return None;
         }
         if !rule.environments.is_empty()
-            && !rule
-                .environments
-                .iter()
-                .any(|e| self.credential.environments.iter().any(|c| c == e))
+            && !rule.environments.iter().any(|e| self.credential.environments.iter().any(|c| c == e))
         {
             self.note(|| {
                 format!(
@@ -298,11 +286,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         }
 
         let blank = rule.targeting_key_selector.is_empty();
-        let selector = if blank {
-            DEFAULT_SELECTOR
-        } else {
-            rule.targeting_key_selector.as_str()
-        };
+        let selector = if blank { DEFAULT_SELECTOR } else { rule.targeting_key_selector.as_str() };
         let unit: Option<Cow<'r, str>> = match targeting_key(self.ctx, selector) {
             Key::Valid(u) => Some(u),
             Key::Absent if blank => {
@@ -315,9 +299,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
             }
             Key::Invalid(_) if blank && entry.full_rollout => None,
             Key::Invalid(why) => {
-                self.note(|| {
-                    format!("  {rname}: targeting key {selector:?} is {why} => TARGETING_KEY_ERROR")
-                });
+                self.note(|| format!("  {rname}: targeting key {selector:?} is {why} => TARGETING_KEY_ERROR"));
                 return Some(Stop::Reason(ResolveReason::TargetingKeyError));
             }
         };
@@ -327,10 +309,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         // Sticky read: a unit already stored keeps its variant.
         let mut matched_by_sticky = false;
         let mut discovering = false;
-        if let Some(read) = mat
-            .map(|m| m.read_materialization.as_str())
-            .filter(|r| !r.is_empty())
-        {
+        if let Some(read) = mat.map(|m| m.read_materialization.as_str()).filter(|r| !r.is_empty()) {
             let Some(u) = unit.as_deref() else {
                 self.note(|| format!("  {rname}: sticky read needs a targeting key"));
                 return None;
@@ -341,7 +320,9 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
             });
             match self.sticky {
                 Sticky::Unsupported => {
-                    self.note(|| format!("  {rname}: reads {read} but there is no sticky store => MATERIALIZATION_NOT_SUPPORTED"));
+                    self.note(|| {
+                        format!("  {rname}: reads {read} but there is no sticky store => MATERIALIZATION_NOT_SUPPORTED")
+                    });
                     return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
                 }
                 Sticky::Discover => {
@@ -349,57 +330,43 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                     *missing_reads = true;
                     discovering = true;
                 }
-                Sticky::Known(set) => {
-                    match set.lookup(u, read, rname) {
-                        None if mode.materialization_must_match => {
-                            self.note(|| {
-                                format!("  {rname}: unit not in {read}, and intake is paused")
-                            });
+                Sticky::Known(set) => match set.lookup(u, read, rname) {
+                    None if mode.materialization_must_match => {
+                        self.note(|| format!("  {rname}: unit not in {read}, and intake is paused"));
+                        return None;
+                    }
+                    None => self.note(|| format!("  {rname}: unit not in {read}")),
+                    Some(stored) => {
+                        let targeted = mode.segment_targeting_can_be_ignored
+                            || match self.segment_match(&rule.segment, Some(u), false) {
+                                Ok(t) => t == Tri::True,
+                                Err(EvalError::MaterializationUnsupported) => {
+                                    return Some(Stop::Reason(ResolveReason::MaterializationNotSupported))
+                                }
+                                Err(EvalError::Unrecognized) => false,
+                            };
+                        if !targeted {
+                            self.note(|| format!("  {rname}: unit is in {read} but fails the segment targeting"));
                             return None;
                         }
-                        None => self.note(|| format!("  {rname}: unit not in {read}")),
-                        Some(stored) => {
-                            let targeted = mode.segment_targeting_can_be_ignored
-                                || match self.segment_match(&rule.segment, Some(u), false) {
-                                    Ok(t) => t == Tri::True,
-                                    Err(EvalError::MaterializationUnsupported) => {
-                                        return Some(Stop::Reason(
-                                            ResolveReason::MaterializationNotSupported,
-                                        ))
-                                    }
-                                    Err(EvalError::Unrecognized) => false,
-                                };
-                            if !targeted {
-                                self.note(|| format!("  {rname}: unit is in {read} but fails the segment targeting"));
-                                return None;
-                            }
-                            if let Some(i) =
-                                self.sticky_pick(flag, entry, spec, &rule.segment, u, stored)
-                            {
-                                let a = self.assign(
-                                    flag,
-                                    rule,
-                                    entry,
-                                    spec,
-                                    i,
-                                    unit.clone(),
-                                    fallthroughs,
-                                )?;
-                                self.note(|| format!("  {rname}: sticky: {read} recorded variant {stored:?} => MATCH"));
-                                return Some(a);
-                            }
-                            self.note(|| format!("  {rname}: unit is in {read} (no stored variant for this rule); bucketing without the bitset"));
-                            matched_by_sticky = true;
+                        if let Some(i) = self.sticky_pick(flag, entry, spec, &rule.segment, u, stored) {
+                            let a = self.assign(flag, rule_index, rule, entry, spec, i, unit.clone(), fallthroughs)?;
+                            self.note(|| format!("  {rname}: sticky: {read} recorded variant {stored:?} => MATCH"));
+                            return Some(a);
                         }
+                        self.note(|| format!("  {rname}: unit is in {read} (no stored variant for this rule); bucketing without the bitset"));
+                        matched_by_sticky = true;
                     }
-                }
+                },
             }
         }
 
         if !matched_by_sticky {
             match self.segment_match(&rule.segment, unit.as_deref(), true) {
                 Err(EvalError::Unrecognized) => {
-                    self.note(|| format!("  {rname}: segment uses a targeting rule this resolver does not recognize; skipped"));
+                    self.note(|| {
+                        format!("  {rname}: segment uses a targeting rule this resolver does not recognize; skipped")
+                    });
                     return None;
                 }
                 Err(EvalError::MaterializationUnsupported) => {
@@ -407,12 +374,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                     return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
                 }
                 Ok(Tri::False) => {
-                    self.note(|| {
-                        format!(
-                            "  {rname}: unit not in segment {} (targeting or bitset)",
-                            rule.segment
-                        )
-                    });
+                    self.note(|| format!("  {rname}: unit not in segment {} (targeting or bitset)", rule.segment));
                     return None;
                 }
                 Ok(Tri::Unknown) => {
@@ -420,9 +382,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                     return None;
                 }
                 Ok(Tri::True) if discovering => return None,
-                Ok(Tri::True) => {
-                    self.note(|| format!("  {rname}: unit is in segment {}", rule.segment))
-                }
+                Ok(Tri::True) => self.note(|| format!("  {rname}: unit is in segment {}", rule.segment)),
             }
         }
 
@@ -436,10 +396,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                     "  {rname}: bucket {b} of {} -> assignment {:?}",
                     entry.bucket_count, spec.assignments[i].assignment_id
                 ),
-                None => format!(
-                    "  {rname}: bucket {b} of {} falls in no assignment's range",
-                    entry.bucket_count
-                ),
+                None => format!("  {rname}: bucket {b} of {} falls in no assignment's range", entry.bucket_count),
             });
             found
         } else {
@@ -447,7 +404,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
             None
         };
         let i = index?;
-        self.assign(flag, rule, entry, spec, i, unit, fallthroughs)
+        self.assign(flag, rule_index, rule, entry, spec, i, unit, fallthroughs)
     }
 
     /// Applies assignment `i` of `rule`: queues the sticky write, records a
@@ -456,6 +413,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
     fn assign(
         &mut self,
         flag: &'s FlagEntry,
+        rule_index: usize,
         rule: &'s flag::Rule,
         entry: &'s RuleEntry,
         spec: &'s flag::rule::AssignmentSpec,
@@ -465,16 +423,10 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
     ) -> Option<Stop<'s, 'r>> {
         let rname = rule.name.as_str();
         let kind = *entry.assignments.get(i)?;
-        let assignment_id = spec
-            .assignments
-            .get(i)
-            .map(|a| a.assignment_id.as_str())
-            .unwrap_or("");
+        let assignment_id = spec.assignments.get(i).map(|a| a.assignment_id.as_str()).unwrap_or("");
         let variant = match kind {
             AssignmentKind::Unset => {
-                self.note(|| {
-                    format!("  {rname}: assignment {assignment_id:?} assigns nothing; next rule")
-                });
+                self.note(|| format!("  {rname}: assignment {assignment_id:?} assigns nothing; next rule"));
                 return None;
             }
             AssignmentKind::Variant(v) => flag.variants.get(v),
@@ -482,19 +434,15 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         };
         if let (Some(u), Some(write)) = (
             unit.as_deref(),
-            rule.materialization_spec
-                .as_ref()
-                .map(|m| m.write_materialization.as_str())
-                .filter(|w| !w.is_empty()),
+            rule.materialization_spec.as_ref().map(|m| m.write_materialization.as_str()).filter(|w| !w.is_empty()),
         ) {
             if matches!(self.sticky, Sticky::Unsupported) {
-                self.note(|| format!("  {rname}: writes {write} but there is no sticky store => MATERIALIZATION_NOT_SUPPORTED"));
+                self.note(|| {
+                    format!("  {rname}: writes {write} but there is no sticky store => MATERIALIZATION_NOT_SUPPORTED")
+                });
                 return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
             }
-            let dup = self
-                .writes
-                .iter()
-                .any(|w| w.unit == u && w.materialization == write && w.rule == rname);
+            let dup = self.writes.iter().any(|w| w.unit == u && w.materialization == write && w.rule == rname);
             if !dup {
                 self.writes.push(Record {
                     unit: u.to_string(),
@@ -507,17 +455,15 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         match kind {
             AssignmentKind::Fallthrough => {
                 self.note(|| format!("  {rname}: fallthrough {assignment_id:?}; next rule"));
-                fallthroughs.push(Fallthrough {
-                    rule,
-                    assignment_id,
-                    unit,
-                });
+                fallthroughs.push(Fallthrough { rule, rule_index, assignment_index: i, assignment_id, unit });
                 None
             }
             AssignmentKind::ClientDefault => {
                 self.note(|| format!("  {rname}: client default {assignment_id:?} => MATCH"));
                 Some(Stop::Assigned(Assigned {
                     rule,
+                    rule_index,
+                    assignment_index: i,
                     assignment_id,
                     variant: None,
                     unit,
@@ -528,6 +474,8 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 self.note(|| format!("  {rname}: variant {} ({assignment_id:?}) => MATCH", v.name));
                 Some(Stop::Assigned(Assigned {
                     rule,
+                    rule_index,
+                    assignment_index: i,
                     assignment_id,
                     variant: Some(v),
                     unit,
@@ -539,12 +487,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
 
     /// Segment membership: targeting, then (when `with_bitset`) the
     /// allocation bitset. `path` guards against reference cycles.
-    fn segment_match(
-        &mut self,
-        name: &'s str,
-        unit: Option<&str>,
-        with_bitset: bool,
-    ) -> Result<Tri, EvalError> {
+    fn segment_match(&mut self, name: &'s str, unit: Option<&str>, with_bitset: bool) -> Result<Tri, EvalError> {
         let snap = self.snap;
         let Some(seg) = snap.segments.get(name) else {
             return Ok(Tri::False);
@@ -592,9 +535,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
     fn criterion(&mut self, c: &'s Criterion, unit: Option<&str>) -> Result<Tri, EvalError> {
         match &c.criterion {
             None => Ok(Tri::False),
-            Some(criterion::Criterion::Attribute(a)) => {
-                targeting::attribute_matches(a, self.ctx).map(Tri::from)
-            }
+            Some(criterion::Criterion::Attribute(a)) => targeting::attribute_matches(a, self.ctx).map(Tri::from),
             Some(criterion::Criterion::Segment(s)) => self.segment_match(&s.segment, unit, true),
             Some(criterion::Criterion::MaterializedSegment(m)) => {
                 let Some(u) = unit else { return Ok(Tri::False) };
@@ -654,9 +595,6 @@ fn find_bucket(spec: &flag::rule::AssignmentSpec, b: u64, only: Option<&[usize]>
         if only.is_some_and(|o| !o.contains(&i)) {
             return None;
         }
-        a.bucket_ranges
-            .iter()
-            .any(|r| (r.lower.max(0) as u64) <= b && b < (r.upper.max(0) as u64))
-            .then_some(i)
+        a.bucket_ranges.iter().any(|r| (r.lower.max(0) as u64) <= b && b < (r.upper.max(0) as u64)).then_some(i)
     })
 }

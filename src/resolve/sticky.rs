@@ -6,9 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 /// A stored assignment. `rule` empty means "unit is in the materialization".
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub unit: String,
     pub materialization: String,
@@ -39,10 +37,7 @@ impl StickySet {
 
     /// Records membership, and the rule's variant when `rule` is non-empty.
     pub fn insert(&mut self, unit: &str, materialization: &str, rule: &str, variant: &str) {
-        let rules = self
-            .entries
-            .entry((unit.to_string(), materialization.to_string()))
-            .or_default();
+        let rules = self.entries.entry((unit.to_string(), materialization.to_string())).or_default();
         if !rule.is_empty() {
             rules.insert(rule.to_string(), variant.to_string());
         }
@@ -61,9 +56,7 @@ impl StickySet {
     pub fn lookup(&self, unit: &str, materialization: &str, rule: &str) -> Option<&str> {
         // Tuple keys of owned strings need owned probes; sticky reads are
         // rare next to plain resolves, so this stays simple.
-        let rules = self
-            .entries
-            .get(&(unit.to_string(), materialization.to_string()))?;
+        let rules = self.entries.get(&(unit.to_string(), materialization.to_string()))?;
         Some(rules.get(rule).map(String::as_str).unwrap_or(""))
     }
 
@@ -107,16 +100,14 @@ impl StickySet {
         let mut set = StickySet::new();
         let units = v.as_object().ok_or("expected an object keyed by unit")?;
         for (unit, mats) in units {
-            let mats = mats
-                .as_object()
-                .ok_or_else(|| format!("{unit:?}: expected an object keyed by materialization"))?;
+            let mats =
+                mats.as_object().ok_or_else(|| format!("{unit:?}: expected an object keyed by materialization"))?;
             for (mat, entry) in mats {
                 let included = entry
                     .get("isUnitInMaterialization")
                     .map(|b| {
-                        b.as_bool().ok_or_else(|| {
-                            format!("{unit:?}/{mat:?}: isUnitInMaterialization must be a boolean")
-                        })
+                        b.as_bool()
+                            .ok_or_else(|| format!("{unit:?}/{mat:?}: isUnitInMaterialization must be a boolean"))
                     })
                     .transpose()?
                     .unwrap_or(false);
@@ -125,13 +116,13 @@ impl StickySet {
                 }
                 set.insert(unit, mat, "", "");
                 if let Some(rules) = entry.get("ruleToVariant") {
-                    let rules = rules.as_object().ok_or_else(|| {
-                        format!("{unit:?}/{mat:?}: ruleToVariant must be an object")
-                    })?;
+                    let rules = rules
+                        .as_object()
+                        .ok_or_else(|| format!("{unit:?}/{mat:?}: ruleToVariant must be an object"))?;
                     for (rule, variant) in rules {
-                        let variant = variant.as_str().ok_or_else(|| {
-                            format!("{unit:?}/{mat:?}/{rule:?}: variant must be a string")
-                        })?;
+                        let variant = variant
+                            .as_str()
+                            .ok_or_else(|| format!("{unit:?}/{mat:?}/{rule:?}: variant must be a string"))?;
                         set.insert(unit, mat, rule, variant);
                     }
                 }

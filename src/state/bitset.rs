@@ -65,21 +65,14 @@ pub enum BitsetError {
 impl fmt::Display for BitsetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooShort { len } => write!(
-                f,
-                "gzip data too short: {len} bytes, need at least {}",
-                GZIP_HEADER_LEN + GZIP_TRAILER_LEN
-            ),
-            Self::BadMagic { found } => write!(
-                f,
-                "not gzip: magic is {:02x} {:02x}, expected 1f 8b",
-                found[0], found[1]
-            ),
+            Self::TooShort { len } => {
+                write!(f, "gzip data too short: {len} bytes, need at least {}", GZIP_HEADER_LEN + GZIP_TRAILER_LEN)
+            }
+            Self::BadMagic { found } => {
+                write!(f, "not gzip: magic is {:02x} {:02x}, expected 1f 8b", found[0], found[1])
+            }
             Self::UnsupportedMethod { cm } => {
-                write!(
-                    f,
-                    "gzip compression method {cm} unsupported (only 8, deflate)"
-                )
+                write!(f, "gzip compression method {cm} unsupported (only 8, deflate)")
             }
             Self::ReservedFlags { flags } => {
                 write!(f, "gzip header has reserved flag bits set: 0x{flags:02x}")
@@ -89,26 +82,20 @@ impl fmt::Display for BitsetError {
             }
             Self::Inflate(e) => write!(f, "gzip deflate body invalid: {e}"),
             Self::Truncated => write!(f, "gzip deflate body truncated (no final block)"),
-            Self::TrailingData { extra } => write!(
-                f,
-                "gzip has {extra} unexpected bytes between the deflate body and the trailer"
-            ),
+            Self::TrailingData { extra } => {
+                write!(f, "gzip has {extra} unexpected bytes between the deflate body and the trailer")
+            }
             Self::TooLarge { limit } => {
                 write!(f, "gzip inflates to more than {limit} bytes")
             }
-            Self::CrcMismatch { trailer, actual } => write!(
-                f,
-                "gzip CRC mismatch: trailer says 0x{trailer:08x}, data has 0x{actual:08x}"
-            ),
-            Self::SizeMismatch { trailer, actual } => write!(
-                f,
-                "gzip ISIZE mismatch: trailer says {trailer}, data has {actual} (mod 2^32)"
-            ),
+            Self::CrcMismatch { trailer, actual } => {
+                write!(f, "gzip CRC mismatch: trailer says 0x{trailer:08x}, data has 0x{actual:08x}")
+            }
+            Self::SizeMismatch { trailer, actual } => {
+                write!(f, "gzip ISIZE mismatch: trailer says {trailer}, data has {actual} (mod 2^32)")
+            }
             Self::IndexOutOfRange { index, len_bits } => {
-                write!(
-                    f,
-                    "bit index {index} out of range for a {len_bits}-bit bitset"
-                )
+                write!(f, "bit index {index} out of range for a {len_bits}-bit bitset")
             }
         }
     }
@@ -128,15 +115,9 @@ impl Bitset {
     fn new(bytes: Vec<u8>, len_bits: usize) -> Self {
         let whole = len_bits / 8;
         let all_set = len_bits > 0
-            && bytes
-                .get(..whole)
-                .is_some_and(|b| b.iter().all(|&x| x == 0xFF))
+            && bytes.get(..whole).is_some_and(|b| b.iter().all(|&x| x == 0xFF))
             && (whole * 8..len_bits).all(|i| bit_of(&bytes, i));
-        Bitset {
-            bytes,
-            len_bits,
-            all_set,
-        }
+        Bitset { bytes, len_bits, all_set }
     }
 
     /// Every bit in `0..len_bits` set.
@@ -148,17 +129,10 @@ impl Bitset {
                 *last = (1u8 << r) - 1;
             }
         }
-        Bitset {
-            bytes,
-            len_bits,
-            all_set: len_bits > 0,
-        }
+        Bitset { bytes, len_bits, all_set: len_bits > 0 }
     }
 
-    pub fn from_set_bits(
-        len_bits: usize,
-        set: impl IntoIterator<Item = usize>,
-    ) -> Result<Self, BitsetError> {
+    pub fn from_set_bits(len_bits: usize, set: impl IntoIterator<Item = usize>) -> Result<Self, BitsetError> {
         let mut bytes = vec![0u8; len_bits.div_ceil(8)];
         for index in set {
             if index >= len_bits {
@@ -240,12 +214,9 @@ fn gunzip_strict(data: &[u8]) -> Result<Vec<u8>, BitsetError> {
     if flg & FLAG_RESERVED != 0 {
         return Err(BitsetError::ReservedFlags { flags: flg });
     }
-    for (bit, field) in [
-        (FLAG_FEXTRA, "FEXTRA"),
-        (FLAG_FNAME, "FNAME"),
-        (FLAG_FCOMMENT, "FCOMMENT"),
-        (FLAG_FHCRC, "FHCRC"),
-    ] {
+    for (bit, field) in
+        [(FLAG_FEXTRA, "FEXTRA"), (FLAG_FNAME, "FNAME"), (FLAG_FCOMMENT, "FCOMMENT"), (FLAG_FHCRC, "FHCRC")]
+    {
         if flg & bit != 0 {
             return Err(BitsetError::UnsupportedHeaderField { field });
         }
@@ -264,18 +235,12 @@ fn gunzip_strict(data: &[u8]) -> Result<Vec<u8>, BitsetError> {
     let trailer_crc = le32(crc_bytes);
     let trailer_size = le32(size_bytes);
     if crc.sum() != trailer_crc {
-        return Err(BitsetError::CrcMismatch {
-            trailer: trailer_crc,
-            actual: crc.sum(),
-        });
+        return Err(BitsetError::CrcMismatch { trailer: trailer_crc, actual: crc.sum() });
     }
     // ISIZE is the length mod 2^32; truncation is the format's definition.
     let actual_size = out.len() as u32;
     if actual_size != trailer_size {
-        return Err(BitsetError::SizeMismatch {
-            trailer: trailer_size,
-            actual: actual_size,
-        });
+        return Err(BitsetError::SizeMismatch { trailer: trailer_size, actual: actual_size });
     }
     Ok(out)
 }
@@ -289,9 +254,7 @@ fn inflate_raw(body: &[u8]) -> Result<Vec<u8>, BitsetError> {
             // One byte of headroom past the limit lets us tell "exactly at" from "over".
             let room = (MAX_INFLATED_BYTES + 1).saturating_sub(out.len());
             if room == 0 {
-                return Err(BitsetError::TooLarge {
-                    limit: MAX_INFLATED_BYTES,
-                });
+                return Err(BitsetError::TooLarge { limit: MAX_INFLATED_BYTES });
             }
             // Geometric growth keeps a bomb near the cap from costing quadratic copies.
             out.reserve_exact(out.len().max(CHUNK).min(room));
@@ -304,9 +267,7 @@ fn inflate_raw(body: &[u8]) -> Result<Vec<u8>, BitsetError> {
             .decompress_vec(input, &mut out, FlushDecompress::None)
             .map_err(|e| BitsetError::Inflate(e.to_string()))?;
         if out.len() > MAX_INFLATED_BYTES {
-            return Err(BitsetError::TooLarge {
-                limit: MAX_INFLATED_BYTES,
-            });
+            return Err(BitsetError::TooLarge { limit: MAX_INFLATED_BYTES });
         }
         match status {
             Status::StreamEnd => break,
@@ -320,9 +281,7 @@ fn inflate_raw(body: &[u8]) -> Result<Vec<u8>, BitsetError> {
     }
     let consumed = usize::try_from(d.total_in()).unwrap_or(usize::MAX);
     if consumed != body.len() {
-        return Err(BitsetError::TrailingData {
-            extra: body.len().saturating_sub(consumed),
-        });
+        return Err(BitsetError::TrailingData { extra: body.len().saturating_sub(consumed) });
     }
     Ok(out)
 }
@@ -375,13 +334,7 @@ mod tests {
     #[test]
     fn out_of_range_index_rejected() {
         let e = Bitset::from_set_bits(BUCKETS, [BUCKETS]).unwrap_err();
-        assert_eq!(
-            e,
-            BitsetError::IndexOutOfRange {
-                index: BUCKETS,
-                len_bits: BUCKETS
-            }
-        );
+        assert_eq!(e, BitsetError::IndexOutOfRange { index: BUCKETS, len_bits: BUCKETS });
     }
 
     #[test]
@@ -409,9 +362,7 @@ mod tests {
     fn to_gzip_is_standard_gzip() {
         let s = sample();
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&s.to_gzip()[..])
-            .read_to_end(&mut out)
-            .unwrap();
+        flate2::read::GzDecoder::new(&s.to_gzip()[..]).read_to_end(&mut out).unwrap();
         assert_eq!(out, s.as_bytes());
     }
 
@@ -430,9 +381,7 @@ mod tests {
         for n in [0usize, 1, 0xFFFF, 0x10000, 200_000] {
             let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
             let mut out = Vec::new();
-            flate2::read::DeflateDecoder::new(&deflate_stored(&data)[..])
-                .read_to_end(&mut out)
-                .unwrap();
+            flate2::read::DeflateDecoder::new(&deflate_stored(&data)[..]).read_to_end(&mut out).unwrap();
             assert_eq!(out, data);
         }
     }
@@ -446,17 +395,9 @@ mod tests {
             Bitset::from_gzip(&z).unwrap_err()
         };
         assert!(matches!(with(0, 0), BitsetError::BadMagic { .. }));
-        assert!(matches!(
-            with(2, 7),
-            BitsetError::UnsupportedMethod { cm: 7 }
-        ));
+        assert!(matches!(with(2, 7), BitsetError::UnsupportedMethod { cm: 7 }));
         assert!(matches!(with(3, 0x20), BitsetError::ReservedFlags { .. }));
-        for (flag, name) in [
-            (4, "FEXTRA"),
-            (8, "FNAME"),
-            (0x10, "FCOMMENT"),
-            (2, "FHCRC"),
-        ] {
+        for (flag, name) in [(4, "FEXTRA"), (8, "FNAME"), (0x10, "FCOMMENT"), (2, "FHCRC")] {
             let e = with(3, flag);
             assert_eq!(e, BitsetError::UnsupportedHeaderField { field: name });
             assert!(e.to_string().contains(name));
@@ -476,16 +417,11 @@ mod tests {
         bad_crc[n - 8] ^= 1;
         let e = Bitset::from_gzip(&bad_crc).unwrap_err();
         assert!(matches!(e, BitsetError::CrcMismatch { .. }));
-        assert!(e
-            .to_string()
-            .starts_with("gzip CRC mismatch: trailer says 0x"));
+        assert!(e.to_string().starts_with("gzip CRC mismatch: trailer says 0x"));
 
         let mut bad_size = good.clone();
         bad_size[n - 4] ^= 1;
-        assert!(matches!(
-            Bitset::from_gzip(&bad_size).unwrap_err(),
-            BitsetError::SizeMismatch { .. }
-        ));
+        assert!(matches!(Bitset::from_gzip(&bad_size).unwrap_err(), BitsetError::SizeMismatch { .. }));
 
         let mut trailing = good.clone();
         trailing.push(0);
@@ -495,10 +431,7 @@ mod tests {
         let mut gap = good[..n - 8].to_vec();
         gap.extend_from_slice(&[0, 0, 0]);
         gap.extend_from_slice(&good[n - 8..]);
-        assert_eq!(
-            Bitset::from_gzip(&gap).unwrap_err(),
-            BitsetError::TrailingData { extra: 3 }
-        );
+        assert_eq!(Bitset::from_gzip(&gap).unwrap_err(), BitsetError::TrailingData { extra: 3 });
 
         // Deflate stream cut short.
         let mut cut = good[..n - 10].to_vec();
@@ -511,12 +444,7 @@ mod tests {
         let big = Bitset::full((MAX_INFLATED_BYTES + 1) * 8);
         let z = big.to_gzip();
         assert!(z.len() < 100_000);
-        assert_eq!(
-            Bitset::from_gzip(&z).unwrap_err(),
-            BitsetError::TooLarge {
-                limit: MAX_INFLATED_BYTES
-            }
-        );
+        assert_eq!(Bitset::from_gzip(&z).unwrap_err(), BitsetError::TooLarge { limit: MAX_INFLATED_BYTES });
         let at_limit = Bitset::full(MAX_INFLATED_BYTES * 8);
         assert!(Bitset::from_gzip(&at_limit.to_gzip()).is_ok());
     }

@@ -19,24 +19,18 @@ pub enum BloomError {
 impl fmt::Display for BloomError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UnsupportedStrategy { strategy } => write!(
-                f,
-                "bloom filter strategy {strategy} unsupported (only 1, MURMUR128_MITZ_64)"
-            ),
+            Self::UnsupportedStrategy { strategy } => {
+                write!(f, "bloom filter strategy {strategy} unsupported (only 1, MURMUR128_MITZ_64)")
+            }
             Self::BadHashFunctionCount { count } => {
                 write!(f, "bloom filter hash_function_count {count} not in 1..=255")
             }
-            Self::BadBitCount {
-                bit_count,
-                data_bits,
-            } => write!(
-                f,
-                "bloom filter bit_count {bit_count} must be in 1..={data_bits} (8 x data length)"
-            ),
-            Self::DataNotWords { len } => write!(
-                f,
-                "bloom filter data is {len} bytes, not a whole number of 8-byte words"
-            ),
+            Self::BadBitCount { bit_count, data_bits } => {
+                write!(f, "bloom filter bit_count {bit_count} must be in 1..={data_bits} (8 x data length)")
+            }
+            Self::DataNotWords { len } => {
+                write!(f, "bloom filter data is {len} bytes, not a whole number of 8-byte words")
+            }
         }
     }
 }
@@ -54,16 +48,12 @@ pub struct BloomFilter {
 impl BloomFilter {
     pub fn from_proto(p: &BloomFilterProto) -> Result<Self, BloomError> {
         if p.strategy != STRATEGY_MURMUR128_MITZ_64 {
-            return Err(BloomError::UnsupportedStrategy {
-                strategy: p.strategy,
-            });
+            return Err(BloomError::UnsupportedStrategy { strategy: p.strategy });
         }
         let hash_functions = u32::try_from(p.hash_function_count)
             .ok()
             .filter(|k| (1..=255).contains(k))
-            .ok_or(BloomError::BadHashFunctionCount {
-                count: p.hash_function_count,
-            })?;
+            .ok_or(BloomError::BadHashFunctionCount { count: p.hash_function_count })?;
         if !p.data.len().is_multiple_of(8) {
             return Err(BloomError::DataNotWords { len: p.data.len() });
         }
@@ -71,10 +61,7 @@ impl BloomFilter {
         let bit_count = u64::try_from(p.bit_count)
             .ok()
             .filter(|&m| m > 0 && m <= data_bits)
-            .ok_or(BloomError::BadBitCount {
-                bit_count: p.bit_count,
-                data_bits,
-            })?;
+            .ok_or(BloomError::BadBitCount { bit_count: p.bit_count, data_bits })?;
         let words = p
             .data
             .chunks_exact(8)
@@ -84,11 +71,7 @@ impl BloomFilter {
                 u64::from_be_bytes(w)
             })
             .collect();
-        Ok(BloomFilter {
-            words,
-            bit_count,
-            hash_functions,
-        })
+        Ok(BloomFilter { words, bit_count, hash_functions })
     }
 
     pub fn bit_count(&self) -> u64 {
@@ -100,10 +83,7 @@ impl BloomFilter {
     }
 
     fn bit(&self, i: u64) -> bool {
-        usize::try_from(i / 64)
-            .ok()
-            .and_then(|w| self.words.get(w))
-            .is_some_and(|w| (w >> (i % 64)) & 1 == 1)
+        usize::try_from(i / 64).ok().and_then(|w| self.words.get(w)).is_some_and(|w| (w >> (i % 64)) & 1 == 1)
     }
 
     /// False means definitely absent; true means probably present.
@@ -130,15 +110,10 @@ mod tests {
     use base64::Engine;
 
     fn spec_filter() -> BloomFilterProto {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/conformance/resolver-spec/state.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/resolver-spec/state.json");
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         let bf = &v["bloomFilters"]["materializations/bf-seg"];
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(bf["data"].as_str().unwrap())
-            .unwrap();
+        let data = base64::engine::general_purpose::STANDARD.decode(bf["data"].as_str().unwrap()).unwrap();
         BloomFilterProto {
             materialized_segment: "materializations/bf-seg".into(),
             data,
@@ -168,32 +143,11 @@ mod tests {
             assert_eq!(e, want);
             assert!(!e.to_string().is_empty());
         };
-        check(
-            &|p| p.strategy = 0,
-            BloomError::UnsupportedStrategy { strategy: 0 },
-        );
-        check(
-            &|p| p.hash_function_count = 0,
-            BloomError::BadHashFunctionCount { count: 0 },
-        );
-        check(
-            &|p| p.hash_function_count = 256,
-            BloomError::BadHashFunctionCount { count: 256 },
-        );
-        check(
-            &|p| p.bit_count = 961,
-            BloomError::BadBitCount {
-                bit_count: 961,
-                data_bits: 960,
-            },
-        );
-        check(
-            &|p| p.bit_count = 0,
-            BloomError::BadBitCount {
-                bit_count: 0,
-                data_bits: 960,
-            },
-        );
+        check(&|p| p.strategy = 0, BloomError::UnsupportedStrategy { strategy: 0 });
+        check(&|p| p.hash_function_count = 0, BloomError::BadHashFunctionCount { count: 0 });
+        check(&|p| p.hash_function_count = 256, BloomError::BadHashFunctionCount { count: 256 });
+        check(&|p| p.bit_count = 961, BloomError::BadBitCount { bit_count: 961, data_bits: 960 });
+        check(&|p| p.bit_count = 0, BloomError::BadBitCount { bit_count: 0, data_bits: 960 });
         check(&|p| p.data.push(0), BloomError::DataNotWords { len: 121 });
     }
 

@@ -12,9 +12,7 @@ use serde_json::{Map, Value};
 
 use super::bitset::{Bitset, BUCKETS};
 use super::bloom::BloomFilter;
-use crate::proto::admin::resolver_state::{
-    packed_bitset, BloomFilter as BloomFilterProto, PackedBitset,
-};
+use crate::proto::admin::resolver_state::{packed_bitset, BloomFilter as BloomFilterProto, PackedBitset};
 use crate::proto::admin::{self, ClientResolverState, ResolverState};
 use crate::proto::iam;
 
@@ -84,10 +82,7 @@ pub enum FormatError {
 impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UnknownFormat(s) => write!(
-                f,
-                "unknown state format {s:?} (expected pb, envelope, json or suite)"
-            ),
+            Self::UnknownFormat(s) => write!(f, "unknown state format {s:?} (expected pb, envelope, json or suite)"),
             Self::Protobuf(e) => write!(f, "protobuf decode failed: {e}"),
             Self::Envelope(e) => write!(f, "envelope decode failed: {e}"),
             Self::EnvelopeState(e) => write!(f, "envelope field state: {e}"),
@@ -126,20 +121,12 @@ pub fn detect_format(bytes: &[u8]) -> StateFormat {
 
 pub fn decode(bytes: &[u8], format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
     let format = format.unwrap_or_else(|| detect_format(bytes));
-    let bare = |state| DecodedState {
-        state,
-        account_id: None,
-        log_destinations: Vec::new(),
-        format,
-    };
+    let bare = |state| DecodedState { state, account_id: None, log_destinations: Vec::new(), format };
     match format {
-        StateFormat::Protobuf => ResolverState::decode(bytes)
-            .map(bare)
-            .map_err(FormatError::Protobuf),
+        StateFormat::Protobuf => ResolverState::decode(bytes).map(bare).map_err(FormatError::Protobuf),
         StateFormat::Envelope => {
             let env = ClientResolverState::decode(bytes).map_err(FormatError::Envelope)?;
-            let state =
-                ResolverState::decode(env.state.as_slice()).map_err(FormatError::EnvelopeState)?;
+            let state = ResolverState::decode(env.state.as_slice()).map_err(FormatError::EnvelopeState)?;
             let account = normalize_account(&env.account);
             Ok(DecodedState {
                 state,
@@ -148,9 +135,9 @@ pub fn decode(bytes: &[u8], format: Option<StateFormat>) -> Result<DecodedState,
                 format,
             })
         }
-        StateFormat::ProtoJson => serde_json::from_slice::<ResolverState>(strip_bom(bytes))
-            .map(bare)
-            .map_err(FormatError::ProtoJson),
+        StateFormat::ProtoJson => {
+            serde_json::from_slice::<ResolverState>(strip_bom(bytes)).map(bare).map_err(FormatError::ProtoJson)
+        }
         StateFormat::SuiteJson => decode_suite(bytes),
     }
 }
@@ -159,11 +146,7 @@ pub fn encode_pb(state: &admin::ResolverState) -> Vec<u8> {
     state.encode_to_vec()
 }
 
-pub fn encode_envelope(
-    state: &admin::ResolverState,
-    account_id: &str,
-    log_destinations: &[i32],
-) -> Vec<u8> {
+pub fn encode_envelope(state: &admin::ResolverState, account_id: &str, log_destinations: &[i32]) -> Vec<u8> {
     ClientResolverState {
         state: state.encode_to_vec(),
         account: normalize_account(account_id),
@@ -321,10 +304,7 @@ fn detect_json(bytes: &[u8]) -> StateFormat {
 // ---- suite layout ----
 
 fn suite_err(path: String, message: impl fmt::Display) -> FormatError {
-    FormatError::Suite {
-        path,
-        message: message.to_string(),
-    }
+    FormatError::Suite { path, message: message.to_string() }
 }
 
 fn key_path(section: &str, key: &str) -> String {
@@ -332,19 +312,13 @@ fn key_path(section: &str, key: &str) -> String {
 }
 
 /// A section must be an object (map keyed by name); absent or null is empty.
-fn section<'a>(
-    top: &'a Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a Map<String, Value>>, FormatError> {
+fn section<'a>(top: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Map<String, Value>>, FormatError> {
     match top.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
         Some(other) => Err(suite_err(
             name.to_string(),
-            format_args!(
-                "expected an object keyed by name, found {}",
-                json_kind(other)
-            ),
+            format_args!("expected an object keyed by name, found {}", json_kind(other)),
         )),
     }
 }
@@ -382,8 +356,8 @@ fn parse_named<T: serde::de::DeserializeOwned>(
 }
 
 fn decode_suite(bytes: &[u8]) -> Result<DecodedState, FormatError> {
-    let top: Map<String, Value> = serde_json::from_slice(strip_bom(bytes))
-        .map_err(|e| FormatError::SuiteSyntax(e.to_string()))?;
+    let top: Map<String, Value> =
+        serde_json::from_slice(strip_bom(bytes)).map_err(|e| FormatError::SuiteSyntax(e.to_string()))?;
     let mut state = ResolverState::default();
 
     let account_id = match top.get("account") {
@@ -391,12 +365,7 @@ fn decode_suite(bytes: &[u8]) -> Result<DecodedState, FormatError> {
         Some(Value::String(s)) => Some(normalize_account(s)),
         Some(Value::Object(m)) => match m.get("name") {
             Some(Value::String(s)) => Some(normalize_account(s)),
-            _ => {
-                return Err(suite_err(
-                    "account".into(),
-                    "expected {\"name\": \"accounts/<id>\"}",
-                ))
-            }
+            _ => return Err(suite_err("account".into(), "expected {\"name\": \"accounts/<id>\"}")),
         },
         Some(other) => {
             return Err(suite_err(
@@ -447,12 +416,7 @@ fn decode_suite(bytes: &[u8]) -> Result<DecodedState, FormatError> {
         }
     }
 
-    Ok(DecodedState {
-        state,
-        account_id,
-        log_destinations: Vec::new(),
-        format: StateFormat::SuiteJson,
-    })
+    Ok(DecodedState { state, account_id, log_destinations: Vec::new(), format: StateFormat::SuiteJson })
 }
 
 fn suite_bitset(key: &str, v: &Value) -> Result<PackedBitset, FormatError> {
@@ -462,17 +426,12 @@ fn suite_bitset(key: &str, v: &Value) -> Result<PackedBitset, FormatError> {
         Value::Array(items) => {
             let mut indices = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let idx = item
-                    .as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| {
-                        suite_err(
-                            format!("{}[{i}]", path()),
-                            format_args!(
-                                "expected a bit index (non-negative integer), found {item}"
-                            ),
-                        )
-                    })?;
+                let idx = item.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                    suite_err(
+                        format!("{}[{i}]", path()),
+                        format_args!("expected a bit index (non-negative integer), found {item}"),
+                    )
+                })?;
                 indices.push(idx);
             }
             let bits = Bitset::from_set_bits(BUCKETS, indices).map_err(|e| suite_err(path(), e))?;
@@ -481,55 +440,41 @@ fn suite_bitset(key: &str, v: &Value) -> Result<PackedBitset, FormatError> {
         other => {
             return Err(suite_err(
                 path(),
-                format_args!(
-                    "expected \"ALL\" or an array of set bit indices, found {}",
-                    json_kind(other)
-                ),
+                format_args!("expected \"ALL\" or an array of set bit indices, found {}", json_kind(other)),
             ))
         }
     };
-    Ok(PackedBitset {
-        segment: key.to_string(),
-        bitset: Some(bitset),
-    })
+    Ok(PackedBitset { segment: key.to_string(), bitset: Some(bitset) })
 }
 
-fn suite_client(
-    secret: &str,
-    v: &Value,
-    ordinal: usize,
-) -> Result<(iam::Client, iam::ClientCredential), FormatError> {
+fn suite_client(secret: &str, v: &Value, ordinal: usize) -> Result<(iam::Client, iam::ClientCredential), FormatError> {
     let path = || key_path("clients", secret);
     let Value::Object(entry) = v else {
         return Err(suite_err(
             path(),
-            format_args!(
-                "expected {{\"client\": ..., \"clientCredential\": ...}}, found {}",
-                json_kind(v)
-            ),
+            format_args!("expected {{\"client\": ..., \"clientCredential\": ...}}, found {}", json_kind(v)),
         ));
     };
     let client: iam::Client = match entry.get("client") {
-        Some(c) => serde_json::from_value(c.clone())
-            .map_err(|e| suite_err(format!("{}.client", path()), e))?,
+        Some(c) => serde_json::from_value(c.clone()).map_err(|e| suite_err(format!("{}.client", path()), e))?,
         None => return Err(suite_err(path(), "missing \"client\"")),
     };
     if client.name.is_empty() {
         return Err(suite_err(format!("{}.client", path()), "missing \"name\""));
     }
     let mut cred: iam::ClientCredential = match entry.get("clientCredential") {
-        Some(c) => serde_json::from_value(c.clone())
-            .map_err(|e| suite_err(format!("{}.clientCredential", path()), e))?,
+        Some(c) => {
+            serde_json::from_value(c.clone()).map_err(|e| suite_err(format!("{}.clientCredential", path()), e))?
+        }
         None => iam::ClientCredential::default(),
     };
     // Hand-written states may lean on the map key for the secret and on the
     // client for the credential name (secrets are matched by name prefix).
     if cred.credential.is_none() {
-        cred.credential = Some(iam::client_credential::Credential::ClientSecret(
-            iam::client_credential::ClientSecret {
+        cred.credential =
+            Some(iam::client_credential::Credential::ClientSecret(iam::client_credential::ClientSecret {
                 secret: secret.to_string(),
-            },
-        ));
+            }));
     }
     if cred.name.is_empty() {
         cred.name = format!("{}/credentials/{}", client.name, ordinal + 1);
@@ -553,12 +498,7 @@ mod tests {
 
     #[test]
     fn format_names_round_trip() {
-        for f in [
-            StateFormat::Protobuf,
-            StateFormat::Envelope,
-            StateFormat::ProtoJson,
-            StateFormat::SuiteJson,
-        ] {
+        for f in [StateFormat::Protobuf, StateFormat::Envelope, StateFormat::ProtoJson, StateFormat::SuiteJson] {
             assert_eq!(f.to_string().parse::<StateFormat>().unwrap(), f);
         }
         assert!("yaml".parse::<StateFormat>().is_err());
@@ -584,17 +524,9 @@ mod tests {
         assert_eq!(s.client_credentials.len(), 2);
         assert!(s.flags.iter().all(|f| f.name.starts_with("flags/")));
 
-        let full = s
-            .bitsets
-            .iter()
-            .filter(|b| b.bitset == Some(packed_bitset::Bitset::FullBitset(true)))
-            .count();
+        let full = s.bitsets.iter().filter(|b| b.bitset == Some(packed_bitset::Bitset::FullBitset(true))).count();
         assert_eq!(full, 53);
-        let specific = s
-            .bitsets
-            .iter()
-            .find(|b| b.segment == "segments/bitset-specific")
-            .unwrap();
+        let specific = s.bitsets.iter().find(|b| b.segment == "segments/bitset-specific").unwrap();
         let Some(packed_bitset::Bitset::GzippedBitset(z)) = &specific.bitset else {
             panic!("expected gzipped bitset");
         };
@@ -604,18 +536,14 @@ mod tests {
         assert!((0..10).all(|i| bits.get(i)) && !bits.get(10));
 
         let bf = BloomFilter::from_proto(&s.bloom_filters[0]).unwrap();
-        assert_eq!(
-            s.bloom_filters[0].materialized_segment,
-            "materializations/bf-seg"
-        );
+        assert_eq!(s.bloom_filters[0].materialized_segment, "materializations/bf-seg");
         assert!(bf.might_contain("user1") && !bf.might_contain("user2"));
 
         let secrets: Vec<_> = s
             .client_credentials
             .iter()
             .filter_map(|c| {
-                let Some(iam::client_credential::Credential::ClientSecret(cs)) = &c.credential
-                else {
+                let Some(iam::client_credential::Credential::ClientSecret(cs)) = &c.credential else {
                     return None;
                 };
                 Some(cs.secret.as_str())
@@ -671,9 +599,7 @@ mod tests {
 
     #[test]
     fn envelope_round_trip_and_detection() {
-        let state = decode(&read("states/resolver_state.pb"), None)
-            .unwrap()
-            .state;
+        let state = decode(&read("states/resolver_state.pb"), None).unwrap().state;
         let env = encode_envelope(&state, "accounts/acme", &[2, 1]);
         assert_eq!(detect_format(&env), StateFormat::Envelope);
         let d = decode(&env, None).unwrap();
@@ -716,35 +642,19 @@ mod tests {
 
     #[test]
     fn suite_errors_name_the_entry() {
-        let e = decode(br#"{"flags": {"flags/x": {"state": "BOGUS"}}}"#, None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(r#"flags["flags/x"]"#) && e.contains("BOGUS"),
-            "{e}"
-        );
+        let e = decode(br#"{"flags": {"flags/x": {"state": "BOGUS"}}}"#, None).unwrap_err().to_string();
+        assert!(e.contains(r#"flags["flags/x"]"#) && e.contains("BOGUS"), "{e}");
 
-        let e = decode(br#"{"segments": {"segments/s": {"targeting": 3}}}"#, None)
-            .unwrap_err()
-            .to_string();
+        let e = decode(br#"{"segments": {"segments/s": {"targeting": 3}}}"#, None).unwrap_err().to_string();
         assert!(e.contains(r#"segments["segments/s"]"#), "{e}");
 
-        let e = decode(br#"{"bitsets": {"segments/s": [1000000]}}"#, None)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(r#"bitsets["segments/s"]"#) && e.contains("1000000"),
-            "{e}"
-        );
+        let e = decode(br#"{"bitsets": {"segments/s": [1000000]}}"#, None).unwrap_err().to_string();
+        assert!(e.contains(r#"bitsets["segments/s"]"#) && e.contains("1000000"), "{e}");
 
-        let e = decode(br#"{"bitsets": {"segments/s": [-1]}}"#, None)
-            .unwrap_err()
-            .to_string();
+        let e = decode(br#"{"bitsets": {"segments/s": [-1]}}"#, None).unwrap_err().to_string();
         assert!(e.contains(r#"bitsets["segments/s"][0]"#), "{e}");
 
-        let e = decode(br#"{"bitsets": {"segments/s": "SOME"}}"#, None)
-            .unwrap_err()
-            .to_string();
+        let e = decode(br#"{"bitsets": {"segments/s": "SOME"}}"#, None).unwrap_err().to_string();
         assert!(e.contains(r#"bitsets["segments/s"]"#), "{e}");
 
         let e = decode(
@@ -753,27 +663,18 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains(r#"bloomFilters["m"]"#) && e.contains("strategy 2"),
-            "{e}"
-        );
+        assert!(e.contains(r#"bloomFilters["m"]"#) && e.contains("strategy 2"), "{e}");
 
-        let e = decode(br#"{"clients": {"s": {}}}"#, None)
-            .unwrap_err()
-            .to_string();
+        let e = decode(br#"{"clients": {"s": {}}}"#, None).unwrap_err().to_string();
         assert!(e.contains(r#"clients["s"]"#), "{e}");
 
-        let e = decode(br#"{"flags": [1]}"#, Some(StateFormat::SuiteJson))
-            .unwrap_err()
-            .to_string();
+        let e = decode(br#"{"flags": [1]}"#, Some(StateFormat::SuiteJson)).unwrap_err().to_string();
         assert!(e.contains("flags") && e.contains("array"), "{e}");
 
         let e = decode(b"{not json", None).unwrap_err().to_string();
         assert!(e.starts_with("proto3 JSON ResolverState:"), "{e}");
 
-        let e = decode(b"\xff\xff\xff", Some(StateFormat::Protobuf))
-            .unwrap_err()
-            .to_string();
+        let e = decode(b"\xff\xff\xff", Some(StateFormat::Protobuf)).unwrap_err().to_string();
         assert!(e.starts_with("protobuf decode failed:"), "{e}");
     }
 
@@ -804,15 +705,11 @@ mod tests {
         assert!(c.name.starts_with("clients/c/credentials/"));
         assert_eq!(
             c.credential,
-            Some(iam::client_credential::Credential::ClientSecret(
-                iam::client_credential::ClientSecret {
-                    secret: "sec1".into()
-                }
-            ))
+            Some(iam::client_credential::Credential::ClientSecret(iam::client_credential::ClientSecret {
+                secret: "sec1".into()
+            }))
         );
-        let Some(packed_bitset::Bitset::GzippedBitset(z)) = &d.state.bitsets[0].bitset else {
-            panic!()
-        };
+        let Some(packed_bitset::Bitset::GzippedBitset(z)) = &d.state.bitsets[0].bitset else { panic!() };
         let b = Bitset::from_gzip(z).unwrap();
         assert_eq!((b.len_bits(), b.count_ones()), (BUCKETS, 0));
     }

@@ -139,14 +139,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// Decodes, validates and indexes a state in any accepted format.
     /// `account` names the account when the format carries none.
-    pub fn load(
-        bytes: &[u8],
-        format: Option<StateFormat>,
-        account: Option<&str>,
-    ) -> Result<Snapshot, LoadError> {
-        let decoded = formats::decode(bytes, format).map_err(|e| LoadError {
-            problems: vec![e.to_string()],
-        })?;
+    pub fn load(bytes: &[u8], format: Option<StateFormat>, account: Option<&str>) -> Result<Snapshot, LoadError> {
+        let decoded = formats::decode(bytes, format).map_err(|e| LoadError { problems: vec![e.to_string()] })?;
         let account_id = match (account, decoded.account_id.as_deref()) {
             (Some(a), _) => formats::normalize_account(a),
             (None, Some(a)) => a.to_string(),
@@ -181,20 +175,13 @@ impl Snapshot {
         let mut stats = Stats::default();
 
         // Segments and their bitsets.
-        let mut segments: HashMap<String, SegmentEntry> =
-            HashMap::with_capacity(state.segments_no_bitsets.len());
+        let mut segments: HashMap<String, SegmentEntry> = HashMap::with_capacity(state.segments_no_bitsets.len());
         for seg in state.segments_no_bitsets {
             if segments.contains_key(&seg.name) {
                 problems.push(format!("segment {}: defined twice", seg.name));
                 continue;
             }
-            segments.insert(
-                seg.name.clone(),
-                SegmentEntry {
-                    proto: seg,
-                    bitset: None,
-                },
-            );
+            segments.insert(seg.name.clone(), SegmentEntry { proto: seg, bitset: None });
         }
         stats.segments = segments.len();
         for packed in state.bitsets {
@@ -206,20 +193,16 @@ impl Snapshot {
                     continue;
                 }
                 Some(packed_bitset::Bitset::FullBitset(false)) => {
-                    problems.push(format!(
-                        "bitset of {name}: full_bitset=false carries no bits"
-                    ));
+                    problems.push(format!("bitset of {name}: full_bitset=false carries no bits"));
                     continue;
                 }
-                Some(packed_bitset::Bitset::GzippedBitset(data)) => {
-                    match Bitset::from_gzip(&data) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            problems.push(format!("bitset of {name}: {e}"));
-                            continue;
-                        }
+                Some(packed_bitset::Bitset::GzippedBitset(data)) => match Bitset::from_gzip(&data) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        problems.push(format!("bitset of {name}: {e}"));
+                        continue;
                     }
-                }
+                },
             };
             stats.bitsets += 1;
             if bitset.len_bits() < BUCKETS {
@@ -229,9 +212,7 @@ impl Snapshot {
                 ));
             }
             match segments.get_mut(&name) {
-                Some(seg) if seg.bitset.is_some() => {
-                    problems.push(format!("bitset of {name}: given twice"))
-                }
+                Some(seg) if seg.bitset.is_some() => problems.push(format!("bitset of {name}: given twice")),
                 Some(seg) => seg.bitset = Some(bitset),
                 None => warnings.push(format!("bitset of {name}: no such segment; ignored")),
             }
@@ -242,19 +223,11 @@ impl Snapshot {
         for bf in &state.bloom_filters {
             match BloomFilter::from_proto(bf) {
                 Ok(f) => {
-                    if bloom_filters
-                        .insert(bf.materialized_segment.clone(), f)
-                        .is_some()
-                    {
-                        problems.push(format!(
-                            "bloom filter of {}: given twice",
-                            bf.materialized_segment
-                        ));
+                    if bloom_filters.insert(bf.materialized_segment.clone(), f).is_some() {
+                        problems.push(format!("bloom filter of {}: given twice", bf.materialized_segment));
                     }
                 }
-                Err(e) => {
-                    problems.push(format!("bloom filter of {}: {e}", bf.materialized_segment))
-                }
+                Err(e) => problems.push(format!("bloom filter of {}: {e}", bf.materialized_segment)),
             }
         }
         stats.bloom_filters = bloom_filters.len();
@@ -269,16 +242,9 @@ impl Snapshot {
             };
             let crate::proto::iam::client_credential::Credential::ClientSecret(secret) = admin_cred;
             let Some(client) = state.clients.iter().find(|c| {
-                !c.name.is_empty()
-                    && cred
-                        .name
-                        .strip_prefix(c.name.as_str())
-                        .is_some_and(|r| r.starts_with('/'))
+                !c.name.is_empty() && cred.name.strip_prefix(c.name.as_str()).is_some_and(|r| r.starts_with('/'))
             }) else {
-                warnings.push(format!(
-                    "credential {}: no client in the state owns it; ignored",
-                    cred.name
-                ));
+                warnings.push(format!("credential {}: no client in the state owns it; ignored", cred.name));
                 continue;
             };
             if secret.secret.is_empty() {
@@ -369,10 +335,7 @@ impl Snapshot {
     }
 
     pub(crate) fn client_flag_indices(&self, client: &str) -> &[usize] {
-        self.client_flags
-            .get(client)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.client_flags.get(client).map(Vec::as_slice).unwrap_or(&[])
     }
 }
 
@@ -405,18 +368,11 @@ fn compile_flag(
         let value_json = match serde_json::to_string(&value) {
             Ok(j) => j,
             Err(e) => {
-                problems.push(format!(
-                    "{name}: variant {} value cannot be written as JSON: {e}",
-                    v.name
-                ));
+                problems.push(format!("{name}: variant {} value cannot be written as JSON: {e}", v.name));
                 continue;
             }
         };
-        variants.push(VariantEntry {
-            name: v.name.clone(),
-            value,
-            value_json,
-        });
+        variants.push(VariantEntry { name: v.name.clone(), value, value_json });
     }
     let schema_json = match schema {
         Some(s) => match serde_json::to_string(s) {
@@ -431,35 +387,22 @@ fn compile_flag(
 
     let mut rules = Vec::with_capacity(proto.rules.len());
     for rule in &proto.rules {
-        let rname = if rule.name.is_empty() {
-            "(unnamed rule)"
-        } else {
-            rule.name.as_str()
-        };
+        let rname = if rule.name.is_empty() { "(unnamed rule)" } else { rule.name.as_str() };
         if !rule.segment.is_empty() && !segments.contains_key(&rule.segment) {
-            warnings.push(format!(
-                "{rname}: segment {} is not in the state; the rule never matches",
-                rule.segment
-            ));
+            warnings.push(format!("{rname}: segment {} is not in the state; the rule never matches", rule.segment));
         }
         let spec = rule.assignment_spec.as_ref();
         let bucket_count = spec.map(|s| s.bucket_count).unwrap_or(0);
         let mut assignments = Vec::new();
         if let Some(spec) = spec {
             if bucket_count <= 0 && !spec.assignments.is_empty() {
-                problems.push(format!(
-                    "{rname}: bucket count {bucket_count} must be positive"
-                ));
+                problems.push(format!("{rname}: bucket count {bucket_count} must be positive"));
             }
             for a in &spec.assignments {
                 let kind = match &a.assignment {
                     None => AssignmentKind::Unset,
-                    Some(flag::rule::assignment::Assignment::Fallthrough(_)) => {
-                        AssignmentKind::Fallthrough
-                    }
-                    Some(flag::rule::assignment::Assignment::ClientDefault(_)) => {
-                        AssignmentKind::ClientDefault
-                    }
+                    Some(flag::rule::assignment::Assignment::Fallthrough(_)) => AssignmentKind::Fallthrough,
+                    Some(flag::rule::assignment::Assignment::ClientDefault(_)) => AssignmentKind::ClientDefault,
                     Some(flag::rule::assignment::Assignment::Variant(va)) => {
                         match variants.iter().position(|v| v.name == va.variant) {
                             Some(i) => AssignmentKind::Variant(i),
@@ -492,13 +435,7 @@ fn compile_flag(
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(FlagEntry {
-        active: proto.state == flag::State::Active as i32,
-        proto,
-        variants,
-        rules,
-        schema_json,
-    })
+    Ok(FlagEntry { active: proto.state == flag::State::Active as i32, proto, variants, rules, schema_json })
 }
 
 /// Adds `null` for every schema field the value lacks, recursing into
@@ -510,20 +447,10 @@ fn null_fill(value: &mut Struct, schema: &flag_schema::StructFlagSchema, depth: 
     for (key, field) in &schema.schema {
         match value.fields.get_mut(key) {
             None => {
-                value.fields.insert(
-                    key.clone(),
-                    Value {
-                        kind: Some(Kind::NullValue(0)),
-                    },
-                );
+                value.fields.insert(key.clone(), Value { kind: Some(Kind::NullValue(0)) });
             }
-            Some(Value {
-                kind: Some(Kind::StructValue(inner)),
-            }) => {
-                if let Some(FlagSchema {
-                    schema_type: Some(flag_schema::SchemaType::StructSchema(s)),
-                }) = Some(field)
-                {
+            Some(Value { kind: Some(Kind::StructValue(inner)) }) => {
+                if let Some(FlagSchema { schema_type: Some(flag_schema::SchemaType::StructSchema(s)) }) = Some(field) {
                     null_fill(inner, s, depth + 1);
                 }
             }

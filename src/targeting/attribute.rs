@@ -1,9 +1,7 @@
 //! Attribute criteria: read a dotted path from the evaluation context and
 //! test it with one rule, element by element when the value is a list.
 
-use super::values::{
-    compare_versions, number_to_string, number_to_timestamp, parse_number, parse_timestamp, Instant,
-};
+use super::values::{compare_versions, number_to_string, number_to_timestamp, parse_number, parse_timestamp, Instant};
 use super::EvalError;
 use crate::proto::types::targeting::{
     self, criterion::attribute_criterion::Rule as AttrRule, criterion::AttributeCriterion,
@@ -28,19 +26,14 @@ pub fn lookup<'a>(ctx: &'a Struct, path: &str) -> Option<&'a Value> {
 }
 
 fn is_null(v: Option<&Value>) -> bool {
-    matches!(
-        v.map(|v| &v.kind),
-        None | Some(None) | Some(Some(Kind::NullValue(_)))
-    )
+    matches!(v.map(|v| &v.kind), None | Some(None) | Some(Some(Kind::NullValue(_))))
 }
 
 /// The elements a rule tests: a list's items, nothing for null or missing,
 /// otherwise the value itself.
 fn elements(v: Option<&Value>) -> &[Value] {
     match v {
-        Some(Value {
-            kind: Some(Kind::ListValue(l)),
-        }) => &l.values,
+        Some(Value { kind: Some(Kind::ListValue(l)) }) => &l.values,
         Some(v) if !is_null(Some(v)) => std::slice::from_ref(v),
         _ => &[],
     }
@@ -90,9 +83,7 @@ fn inner_op(inner: Option<&targeting::InnerRule>) -> Result<Option<Op<'_>>, Eval
     let inner = inner.ok_or(EvalError::Unrecognized)?;
     Ok(match &inner.rule {
         None => None,
-        Some(InnerKind::EqRule(r)) => {
-            Some(Op::Eq(r.value.as_ref().ok_or(EvalError::Unrecognized)?))
-        }
+        Some(InnerKind::EqRule(r)) => Some(Op::Eq(r.value.as_ref().ok_or(EvalError::Unrecognized)?)),
         Some(InnerKind::SetRule(r)) => Some(Op::Set(&r.values)),
         Some(InnerKind::RangeRule(r)) => Some(Op::Range(r)),
         Some(InnerKind::StartsWithRule(r)) => Some(Op::StartsWith(&r.value)),

@@ -81,9 +81,7 @@ where
             Some(c) => criterion(c)?,
             None => Tri::False,
         },
-        expression::Expression::Not(inner) => {
-            eval_expression(inner, criteria, criterion, depth + 1)?.not()
-        }
+        expression::Expression::Not(inner) => eval_expression(inner, criteria, criterion, depth + 1)?.not(),
         expression::Expression::And(ops) => {
             let mut acc = Tri::True;
             for op in &ops.operands {

@@ -17,8 +17,7 @@ pub fn parse_version(s: &str) -> Option<VersionTuple> {
     let mut lens = [0usize; 4];
     let mut n = 0;
     for part in core.split('.') {
-        if n == 4 || part.is_empty() || part.len() > 10 || !part.bytes().all(|b| b.is_ascii_digit())
-        {
+        if n == 4 || part.is_empty() || part.len() > 10 || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
         parts[n] = part.parse().ok()?;
@@ -36,9 +35,7 @@ pub fn parse_version(s: &str) -> Option<VersionTuple> {
 
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
     let z = (0, 0, 0, 0);
-    parse_version(a)
-        .unwrap_or(z)
-        .cmp(&parse_version(b).unwrap_or(z))
+    parse_version(a).unwrap_or(z).cmp(&parse_version(b).unwrap_or(z))
 }
 
 /// Seconds and nanos since the epoch, UTC.
@@ -114,29 +111,14 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(parse_timestamp("2024-01-02"), Some((1704153600, 0)));
-        assert_eq!(
-            parse_timestamp("2024-01-02T03:04:05Z"),
-            Some((1704164645, 0))
-        );
-        assert_eq!(
-            parse_timestamp("2024-01-02T03:04:05+01:00"),
-            Some((1704161045, 0))
-        );
-        assert_eq!(
-            parse_timestamp("2024-01-02T03:04:05"),
-            Some((1704164645, 0))
-        );
-        assert_eq!(
-            parse_timestamp("2024-01-02 03:04:05.5"),
-            Some((1704164645, 500_000_000))
-        );
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05Z"), Some((1704164645, 0)));
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05+01:00"), Some((1704161045, 0)));
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05"), Some((1704164645, 0)));
+        assert_eq!(parse_timestamp("2024-01-02 03:04:05.5"), Some((1704164645, 500_000_000)));
         assert_eq!(parse_timestamp(""), None);
         assert_eq!(parse_timestamp("not-a-timestamp"), None);
         assert_eq!(number_to_timestamp(1704164645.9), Some((1704164645, 0)));
-        assert_eq!(
-            number_to_timestamp(1704164645123.0),
-            Some((1704164645, 123_000_000))
-        );
+        assert_eq!(number_to_timestamp(1704164645123.0), Some((1704164645, 123_000_000)));
         assert_eq!(number_to_timestamp(f64::NAN), None);
     }
 
