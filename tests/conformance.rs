@@ -12,21 +12,15 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-const SPEC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/conformance/resolver-spec"
-);
+const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/resolver-spec");
 
 fn main() {
     let args = Arguments::from_args();
     let state_path = format!("{SPEC}/state.json");
     let bytes = std::fs::read(&state_path).unwrap_or_else(|e| panic!("{state_path}: {e}"));
-    let snap = Arc::new(
-        Snapshot::load(&bytes, None, None).unwrap_or_else(|e| panic!("{state_path}: {e}")),
-    );
-    let tests: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(format!("{SPEC}/tests.json")).expect("tests.json"))
-            .expect("tests.json parses");
+    let snap = Arc::new(Snapshot::load(&bytes, None, None).unwrap_or_else(|e| panic!("{state_path}: {e}")));
+    let tests: Vec<Value> = serde_json::from_slice(&std::fs::read(format!("{SPEC}/tests.json")).expect("tests.json"))
+        .expect("tests.json parses");
     assert_eq!(tests.len(), 166, "the suite has 166 cases");
 
     let mut trials = Vec::new();
@@ -37,9 +31,7 @@ fn main() {
         trials.push(Trial::test(format!("lib::{name}"), move || run_lib(&s, &c)));
         let c = case.clone();
         let state = state_path.clone();
-        trials.push(Trial::test(format!("cli::{name}"), move || {
-            run_cli(&state, &c)
-        }));
+        trials.push(Trial::test(format!("cli::{name}"), move || run_cli(&state, &c)));
     }
     libtest_mimic::run(&args, trials).exit();
 }
@@ -56,13 +48,8 @@ fn run_lib(snap: &Snapshot, case: &Value) -> Result<(), Failed> {
     let req = api::parse_resolve_request(&body).map_err(|e| e.to_string())?;
     let ctx = req.evaluation_context.clone().unwrap_or_default();
     let sticky = sticky_of(case)?;
-    let r = resolve::Request {
-        flags: &req.flags,
-        context: &ctx,
-        client_secret: &req.client_secret,
-    };
-    let res =
-        resolve::resolve(snap, &r, Sticky::Known(&sticky), None).map_err(|e| e.to_string())?;
+    let r = resolve::Request { flags: &req.flags, context: &ctx, client_secret: &req.client_secret };
+    let res = resolve::resolve(snap, &r, Sticky::Known(&sticky), None).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     api::write_resolve_response(&mut out, &res, "test-resolve-id", None, None);
     let actual: Value = serde_json::from_slice(&out)?;
@@ -71,11 +58,7 @@ fn run_lib(snap: &Snapshot, case: &Value) -> Result<(), Failed> {
     // assignmentId is not part of the response; check it on the result.
     for e in expected["resolvedFlags"].as_array().into_iter().flatten() {
         if let Some(id) = e.get("assignmentId").and_then(Value::as_str) {
-            let f = res
-                .flags
-                .iter()
-                .find(|f| f.flag.name() == e["flag"])
-                .ok_or("flag missing")?;
+            let f = res.flags.iter().find(|f| f.flag.name() == e["flag"]).ok_or("flag missing")?;
             let got = f.assigned.as_ref().map(|a| a.assignment_id).unwrap_or("");
             if got != id {
                 return Err(format!("{}: assignmentId {got:?}, expected {id:?}", e["flag"]).into());
@@ -95,23 +78,11 @@ fn run_cli(state: &str, case: &Value) -> Result<(), Failed> {
         std::fs::write(&path, serde_json::to_vec(m)?)?;
         cmd.arg("--materializations").arg(path);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or("stdin")?
-        .write_all(&serde_json::to_vec(&case["resolveRequest"])?)?;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().ok_or("stdin")?.write_all(&serde_json::to_vec(&case["resolveRequest"])?)?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        return Err(format!(
-            "edgeflag resolve failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
+        return Err(format!("edgeflag resolve failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     let actual: Value = serde_json::from_slice(&out.stdout)?;
     compare(&case["expectedResult"]["general"], &actual)
@@ -121,13 +92,9 @@ fn run_cli(state: &str, case: &Value) -> Result<(), Failed> {
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -137,45 +104,22 @@ fn compare(expected: &Value, actual: &Value) -> Result<(), Failed> {
     if !expected["expectError"].is_null() {
         return Err("the general expectation never expects an error".into());
     }
-    let exp = expected["resolvedFlags"]
-        .as_array()
-        .ok_or("expected resolvedFlags")?;
-    let act = actual["resolvedFlags"]
-        .as_array()
-        .ok_or("response has no resolvedFlags")?;
+    let exp = expected["resolvedFlags"].as_array().ok_or("expected resolvedFlags")?;
+    let act = actual["resolvedFlags"].as_array().ok_or("response has no resolvedFlags")?;
     if exp.len() != act.len() {
-        return Err(format!(
-            "{} flags resolved, expected {}: {actual}",
-            act.len(),
-            exp.len()
-        )
-        .into());
+        return Err(format!("{} flags resolved, expected {}: {actual}", act.len(), exp.len()).into());
     }
     for e in exp {
         let name = &e["flag"];
-        let a = act
-            .iter()
-            .find(|a| &a["flag"] == name)
-            .ok_or_else(|| format!("{name} missing from {actual}"))?;
+        let a = act.iter().find(|a| &a["flag"] == name).ok_or_else(|| format!("{name} missing from {actual}"))?;
         let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
         if e["reason"] != field("reason") {
-            return Err(format!(
-                "{name}: reason {}, expected {} ({a})",
-                field("reason"),
-                e["reason"]
-            )
-            .into());
+            return Err(format!("{name}: reason {}, expected {} ({a})", field("reason"), e["reason"]).into());
         }
         let variant = field("variant");
-        let variant = if variant.is_null() {
-            Value::String(String::new())
-        } else {
-            variant
-        };
+        let variant = if variant.is_null() { Value::String(String::new()) } else { variant };
         if e["variant"] != variant {
-            return Err(
-                format!("{name}: variant {variant}, expected {} ({a})", e["variant"]).into(),
-            );
+            return Err(format!("{name}: variant {variant}, expected {} ({a})", e["variant"]).into());
         }
         let value = field("value");
         let ok = if e["value"].is_null() {
@@ -193,10 +137,7 @@ fn compare(expected: &Value, actual: &Value) -> Result<(), Failed> {
             }
         }
         if let Some(origin) = e.get("assignmentOrigin") {
-            let got = a
-                .get("assignmentOrigin")
-                .cloned()
-                .unwrap_or(Value::String(String::new()));
+            let got = a.get("assignmentOrigin").cloned().unwrap_or(Value::String(String::new()));
             if origin != &got {
                 return Err(format!("{name}: assignmentOrigin {got}, expected {origin}").into());
             }
