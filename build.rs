@@ -23,6 +23,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".google.type",
         ".edgeflag",
     ])?;
+
+    embed_state(&out)?;
+    Ok(())
+}
+
+/// The worker serves a state compiled into it: `EDGEFLAG_STATE` (any format
+/// the CLI accepts, relative to the crate root) or the demo state. Its
+/// bytes are embedded as they are; the worker validates them when the
+/// isolate first needs them, and scripts/build-worker.sh validates them
+/// with `edgeflag validate` before building.
+fn embed_state(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-env-changed=EDGEFLAG_STATE");
+    println!("cargo:rerun-if-env-changed=EDGEFLAG_ACCOUNT");
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let path = match std::env::var("EDGEFLAG_STATE") {
+        Ok(p) if !p.is_empty() => manifest.join(p),
+        _ => manifest.join("src/demo_state.json"),
+    };
+    println!("cargo:rerun-if-changed={}", path.display());
+    let bytes = std::fs::read(&path).map_err(|e| format!("EDGEFLAG_STATE {}: {e}", path.display()))?;
+    std::fs::write(out.join("embedded_state.bin"), bytes)?;
+    let account = std::env::var("EDGEFLAG_ACCOUNT").ok().filter(|a| !a.is_empty());
+    let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let code = format!(
+        "/// The state compiled into this build.\n\
+         pub const EMBEDDED_STATE: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/embedded_state.bin\"));\n\
+         /// The account, for formats that carry none.\n\
+         pub const EMBEDDED_ACCOUNT: Option<&str> = {account:?};\n\
+         /// Where the state came from, for logs.\n\
+         pub const EMBEDDED_SOURCE: &str = {source:?};\n"
+    );
+    std::fs::write(out.join("embedded_state.rs"), code)?;
     Ok(())
 }
 

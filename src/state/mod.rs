@@ -2,3 +2,4 @@ pub mod bitset;
 pub mod bloom;
 pub mod formats;
 pub mod snapshot;
+pub mod embedded;
