@@ -3,3 +3,4 @@ pub mod bloom;
 pub mod formats;
 pub mod snapshot;
 pub mod embedded;
+pub mod live;
