@@ -1,7 +1,9 @@
 //! edgeflag: a Confidence-compatible flag resolver for Cloudflare Workers.
 pub mod api;
+pub mod exposure;
 pub mod hash;
 pub mod proto;
 pub mod resolve;
 pub mod state;
 pub mod targeting;
+pub mod token;
