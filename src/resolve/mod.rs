@@ -229,7 +229,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         let mut fallthroughs = Vec::new();
         let mut missing_reads = false;
         let name = flag.name();
-        self.note(|| format!("{name}"));
+        self.note(|| name.to_string());
         for (rule_index, (rule, entry)) in flag.proto.rules.iter().zip(&flag.rules).enumerate() {
             match self.resolve_rule(flag, rule_index, rule, entry, &mut fallthroughs, &mut missing_reads) {
                 None => continue,
