@@ -1,6 +1,8 @@
 //! edgeflag: a Confidence-compatible flag resolver for Cloudflare Workers.
 pub mod api;
 pub mod exposure;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
 pub mod hash;
 pub mod proto;
 pub mod resolve;
