@@ -18,11 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.prost_types_path("::pbjson_types");
     config.compile_fds(fds)?;
 
-    pbjson_build::Builder::new().register_descriptors(&descriptor_bytes)?.out_dir(&out).build(&[
-        ".confidence",
-        ".google.type",
-        ".edgeflag",
-    ])?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        // Clients send fields newer than ours; proto3 JSON says ignore them.
+        .ignore_unknown_fields()
+        .out_dir(&out)
+        .build(&[".confidence", ".google.type", ".edgeflag"])?;
 
     embed_state(&out)?;
     Ok(())

@@ -59,7 +59,7 @@ fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path.is_empty() || path == "." {
+        if path.is_empty() || path == "." || path == "?" {
             ApiError::bad_request(format!("invalid {what} JSON: {inner}"))
         } else {
             ApiError::bad_request(format!("invalid {what} field `{path}`: {inner}"))
@@ -173,4 +173,40 @@ pub fn resolve_id_from(random: &[u8; 32]) -> String {
     // 248 = 4 * 62: rejection-free mapping would bias; the modulo bias of
     // 256 % 62 is irrelevant for an identifier that only needs uniqueness.
     random.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_resolve_request(br#"{"flags": ["a", 3]}"#).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("`flags[1]`"), "{}", e.message);
+        let e = parse_resolve_request(br#"{"apply": "yes"}"#).unwrap_err();
+        assert!(e.message.contains("`apply`"), "{}", e.message);
+    }
+
+    #[test]
+    fn syntax_errors_say_json() {
+        let e = parse_resolve_request(b"{not json").unwrap_err();
+        assert!(e.message.starts_with("invalid ResolveFlagsRequest JSON"), "{}", e.message);
+        let e = parse_resolve_request(b"{} trailing").unwrap_err();
+        assert_eq!(e.status, 400);
+    }
+
+    #[test]
+    fn snake_case_and_unknown_fields_are_accepted() {
+        let r = parse_resolve_request(br#"{"client_secret": "s", "evaluation_context": {"a": 1}, "whatever": 1}"#)
+            .expect("parses");
+        assert_eq!(r.client_secret, "s");
+        assert!(r.evaluation_context.is_some());
+    }
+
+    #[test]
+    fn oversized_bodies_are_413() {
+        let body = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(parse_resolve_request(&body).unwrap_err().status, 413);
+    }
 }
