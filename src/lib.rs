@@ -8,4 +8,5 @@ pub mod proto;
 pub mod resolve;
 pub mod state;
 pub mod targeting;
+pub mod telemetry;
 pub mod token;

@@ -41,6 +41,14 @@ pub mod confidence {
     }
 }
 
+/// edgeflag's own queue envelope (proto/edgeflag/v1/telemetry.proto).
+pub mod edgeflag {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/edgeflag.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/edgeflag.v1.serde.rs"));
+    }
+}
+
 pub use confidence::flags::admin::v1 as admin;
 pub use confidence::flags::resolver::v1 as resolver;
 pub use confidence::flags::resolver::v1::events;

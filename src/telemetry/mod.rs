@@ -1,0 +1,535 @@
+//! Flag logs and telemetry that are never lost or mixed.
+//!
+//! The producer side is one process-wide [`Telemetry`] ([`TELEMETRY`]):
+//! request handlers record into it synchronously, right after a resolve,
+//! apply or response, and nothing is held across an `await`, so the
+//! interleaving that made the reference worker lose and mix logs (a
+//! per-request global read after awaits) cannot happen. Recording is
+//! lock-free: atomic adds into counters bound to the snapshot, a lock-free
+//! queue for exposure events. A checkpoint takes everything at once into
+//! queue messages of at most [`MAX_MESSAGE_BYTES`], each with a unique
+//! [`CheckpointId`] so the consumer can apply metrics idempotently.
+//!
+//! Flush contract for the Worker glue (every call here is synchronous):
+//!
+//! ```text
+//! // request path, right after the resolve (same synchronous window):
+//! TELEMETRY.record_resolve(&snap, &resolution, &context, flag_assigned);
+//! TELEMETRY.record_latency_us(us);              // once measured
+//! TELEMETRY.record_request(Route::Resolve, status);
+//! if TELEMETRY.try_claim_flush(now) {          // at most one flush scheduled
+//!     ctx.wait_until(async move {
+//!         if let Some(due) = TELEMETRY.flush_due_at(now) {
+//!             sleep(due - now).await;          // 0 when should_flush_now
+//!         }
+//!         // checkpoint() also releases the claim: requests that record
+//!         // while we send schedule the next flush themselves.
+//!         for cp in TELEMETRY.checkpoint(Date::now(), ISOLATE_ID) {
+//!             match queue.send(cp.encode() as bytes).await {
+//!                 Ok(_) => TELEMETRY.record_queue_send(true),
+//!                 Err(_) => { TELEMETRY.record_queue_send(false); TELEMETRY.restore(cp) }
+//!             }
+//!         }
+//!     });
+//! }
+//! ```
+//!
+//! `ISOLATE_ID` is 16 bytes from `crypto.getRandomValues`, drawn once per
+//! isolate. If `flush_due_at` is `None` the task just calls
+//! `release_flush`. A restored checkpoint is resent, same id, by the next
+//! flush; the next request's claim schedules it.
+//!
+//! The consumer, per batch: [`decode_message`] each body (an error:
+//! [`MetricsSnapshot::record_malformed`], log, ack), [`apply`] each
+//! checkpoint to the metrics snapshot read from KV (redeliveries return
+//! `false` and add nothing), deliver [`aggregate`] of the decoded batch
+//! (recording [`MetricsSnapshot::record_delivery`] per attempt), then store
+//! the snapshot JSON and [`render_prometheus`] output, and only then
+//! return an error if delivery failed everywhere (the queue redelivers;
+//! logs go out again, metrics do not count twice).
+
+mod assign_log;
+pub mod consumer;
+mod envelope;
+pub mod histogram;
+mod resolve_log;
+pub mod schema;
+
+pub use assign_log::MAX_PENDING_ASSIGN_BYTES;
+pub use consumer::{aggregate, apply, render_prometheus, MetricsSnapshot};
+pub use envelope::{decode_message, Checkpoint, CheckpointId, DecodeError};
+pub use resolve_log::MAX_SCHEMAS_PER_CREDENTIAL;
+
+use crate::proto::admin::{ClientResolveInfo, FlagResolveInfo};
+use crate::proto::edgeflag::v1 as ef;
+use crate::proto::events::FlagAssigned;
+use crate::proto::resolver::telemetry_data::{ResolveLatency, ResolveRate};
+use crate::proto::resolver::{sdk, ResolveReason, Sdk, TelemetryData, WriteFlagLogsRequest};
+use crate::proto::wkt::Struct;
+use crate::resolve::Resolution;
+use crate::state::snapshot::Snapshot;
+use assign_log::{entry_size, split_by, AssignLogger};
+use crossbeam_queue::SegQueue;
+use histogram::{AtomicHistogram, Histogram, LN_RATIO};
+use prost::Message;
+use resolve_log::{Drained, ResolveLogger};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// A Cloudflare Queue message holds at most 128 KB; the rest is headroom
+/// for the structured-clone framing of the bytes.
+pub const MAX_MESSAGE_BYTES: usize = 120_000;
+/// One checkpoint sends at most this many messages (about 2 MB); further
+/// exposure events stay queued for the next one.
+pub const MAX_MESSAGES_PER_CHECKPOINT: usize = 16;
+/// Pending exposure bytes that make a flush due at once.
+pub const FLUSH_NOW_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// A flush claim older than this is presumed dead (its `wait_until` was
+/// cut off) and may be taken over.
+pub const FLUSH_LEASE_MS: u64 = 30_000;
+/// Failed messages kept for retry; past this the oldest are dropped and
+/// counted (`dropped_checkpoints`).
+pub const MAX_RETRY_BYTES: u64 = 16 << 20;
+/// Telemetry `sdk.custom_id`.
+pub const SDK_ID: &str = "edgeflag";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Field overhead of one message besides the logs' entries and counters:
+/// format, isolate id, sequence, created_ms and two length prefixes.
+const ENVELOPE_OVERHEAD: usize = 64;
+/// `ResolveReason` values are dense from 0.
+const REASONS: usize = ResolveReason::FlagNotFound as usize + 1;
+
+/// Routes counted in `edgeflag_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Resolve,
+    Apply,
+    TelemetryUpload,
+    StateEtag,
+    Metrics,
+    Preflight,
+    Other,
+}
+
+impl Route {
+    pub const ALL: [Route; 7] = [
+        Route::Resolve,
+        Route::Apply,
+        Route::TelemetryUpload,
+        Route::StateEtag,
+        Route::Metrics,
+        Route::Preflight,
+        Route::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Resolve => "resolve",
+            Route::Apply => "apply",
+            Route::TelemetryUpload => "telemetry_upload",
+            Route::StateEtag => "state_etag",
+            Route::Metrics => "metrics",
+            Route::Preflight => "preflight",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// All producer-side telemetry of one isolate. Const-constructible, so it
+/// lives in a `static`; every method takes `&self` and never blocks.
+pub struct Telemetry {
+    resolves: ResolveLogger,
+    assigns: AssignLogger,
+    latency: AtomicHistogram,
+    reasons: [AtomicU64; REASONS],
+    /// By route, then status class 1xx..5xx.
+    requests: [[AtomicU64; 5]; Route::ALL.len()],
+    sends_ok: AtomicU64,
+    sends_failed: AtomicU64,
+    dropped_checkpoints: AtomicU64,
+    retry: SegQueue<Checkpoint>,
+    retry_bytes: AtomicU64,
+    /// Set after every record, cleared by a checkpoint before it drains.
+    dirty: AtomicBool,
+    sequence: AtomicU64,
+    isolate: OnceLock<[u8; 16]>,
+    /// 0 = free, else claim time + 1.
+    flush_claim: AtomicU64,
+    last_checkpoint_ms: AtomicU64,
+    interval_ms: AtomicU64,
+}
+
+/// The isolate's telemetry.
+pub static TELEMETRY: Telemetry = Telemetry::new();
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub const fn new() -> Self {
+        Telemetry {
+            resolves: ResolveLogger::new(),
+            assigns: AssignLogger::new(),
+            latency: AtomicHistogram::new(),
+            reasons: [const { AtomicU64::new(0) }; REASONS],
+            requests: [const { [const { AtomicU64::new(0) }; 5] }; Route::ALL.len()],
+            sends_ok: AtomicU64::new(0),
+            sends_failed: AtomicU64::new(0),
+            dropped_checkpoints: AtomicU64::new(0),
+            retry: SegQueue::new(),
+            retry_bytes: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+            sequence: AtomicU64::new(0),
+            isolate: OnceLock::new(),
+            flush_claim: AtomicU64::new(0),
+            last_checkpoint_ms: AtomicU64::new(0),
+            interval_ms: AtomicU64::new(DEFAULT_FLUSH_INTERVAL_MS),
+        }
+    }
+
+    fn touch(&self) {
+        // Release: a checkpoint that sees the flag also sees the adds.
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Records one successful, final resolve (not a provisional sticky
+    /// `Discover` pass): per-flag variant/rule/assignment counts, reasons,
+    /// the credential and its context schema, and the exposure event the
+    /// resolve logged when it applied (`None` if it did not). `snap` must
+    /// be the snapshot `res` was resolved against.
+    pub fn record_resolve(
+        &self,
+        snap: &Arc<Snapshot>,
+        res: &Resolution<'_, '_>,
+        context: &Struct,
+        assigned: Option<FlagAssigned>,
+    ) {
+        self.resolves.record(snap, res, context);
+        for f in &res.flags {
+            if let Some(c) = self.reasons.get(f.reason as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(ev) = assigned {
+            self.assigns.push(ev);
+        }
+        self.touch();
+    }
+
+    /// Records the exposure event of a `flags:apply`.
+    pub fn record_apply(&self, ev: FlagAssigned) {
+        self.assigns.push(ev);
+        self.touch();
+    }
+
+    /// A resolve that failed as a whole counts one `RESOLVE_REASON_ERROR`.
+    pub fn record_failed_resolve(&self) {
+        if let Some(c) = self.reasons.get(ResolveReason::Error as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.touch();
+    }
+
+    pub fn record_latency_us(&self, micros: u32) {
+        self.latency.record(micros);
+        self.touch();
+    }
+
+    pub fn record_request(&self, route: Route, status: u16) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        if let Some(c) = self.requests.get(route as usize).and_then(|r| r.get(class)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.touch();
+    }
+
+    /// The outcome of sending one checkpoint. Does not by itself make a
+    /// flush due (else every send would cause another): it rides along
+    /// with the next checkpoint that has something else to say.
+    pub fn record_queue_send(&self, ok: bool) {
+        let c = if ok { &self.sends_ok } else { &self.sends_failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes back a checkpoint whose send failed; the next checkpoint
+    /// returns it first, unchanged and with the same id, so a send that
+    /// failed only from our side of the wire is deduplicated downstream.
+    pub fn restore(&self, cp: Checkpoint) {
+        self.retry_bytes.fetch_add(cp.encoded_len() as u64, Ordering::AcqRel);
+        self.retry.push(cp);
+        while self.retry_bytes.load(Ordering::Acquire) > MAX_RETRY_BYTES {
+            let Some(old) = self.retry.pop() else { break };
+            self.retry_bytes.fetch_sub(old.encoded_len() as u64, Ordering::AcqRel);
+            self.dropped_checkpoints.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the flush interval (0 restores the default).
+    pub fn set_flush_interval_ms(&self, ms: u64) {
+        let ms = if ms == 0 { DEFAULT_FLUSH_INTERVAL_MS } else { ms };
+        self.interval_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Queued exposure events plus messages waiting for a retry, in bytes.
+    pub fn pending_bytes(&self) -> u64 {
+        self.assigns.pending_bytes().saturating_add(self.retry_bytes.load(Ordering::Acquire))
+    }
+
+    /// Whether a checkpoint would have anything to send.
+    pub fn has_pending(&self) -> bool {
+        self.dirty.load(Ordering::Acquire) || self.pending_bytes() > 0
+    }
+
+    /// Flush without waiting: a message's worth of events is pending, or
+    /// something is pending and the interval has passed.
+    pub fn should_flush_now(&self, now_ms: u64) -> bool {
+        if self.assigns.pending_bytes() >= FLUSH_NOW_BYTES {
+            return true;
+        }
+        let last = self.last_checkpoint_ms.load(Ordering::Relaxed);
+        self.has_pending() && last != 0 && now_ms >= last.saturating_add(self.interval_ms.load(Ordering::Relaxed))
+    }
+
+    /// When the next flush should run: `None` if there is nothing to send,
+    /// `now_ms` if [`Self::should_flush_now`], else one interval after the
+    /// previous checkpoint (or after `now_ms`, for the isolate's first).
+    pub fn flush_due_at(&self, now_ms: u64) -> Option<u64> {
+        if !self.has_pending() {
+            return None;
+        }
+        if self.should_flush_now(now_ms) {
+            return Some(now_ms);
+        }
+        // The first flush waits an interval too, batching the first requests.
+        let last = match self.last_checkpoint_ms.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => now_ms,
+            Err(last) => last,
+        };
+        Some(last.saturating_add(self.interval_ms.load(Ordering::Relaxed)).max(now_ms))
+    }
+
+    /// Claims the right to schedule the next flush; `false` if another
+    /// request's flush is already scheduled (and not older than the lease).
+    pub fn try_claim_flush(&self, now_ms: u64) -> bool {
+        let cur = self.flush_claim.load(Ordering::Acquire);
+        if cur != 0 && now_ms.saturating_sub(cur - 1) < FLUSH_LEASE_MS {
+            return false;
+        }
+        self.flush_claim.compare_exchange(cur, now_ms.saturating_add(1), Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Gives up a claim without checkpointing (`checkpoint` releases too).
+    pub fn release_flush(&self) {
+        self.flush_claim.store(0, Ordering::Release);
+    }
+
+    /// Aggregates alive (one per snapshot still in use): for diagnostics.
+    pub fn live_aggregates(&self) -> usize {
+        self.resolves.live()
+    }
+
+    /// Takes everything recorded so far into queue messages: first any
+    /// failed ones handed back by [`Self::restore`], then fresh ones, each
+    /// under [`MAX_MESSAGE_BYTES`] with its own id. Exposure events beyond
+    /// [`MAX_MESSAGES_PER_CHECKPOINT`] messages stay queued. `isolate` is
+    /// the isolate's random id; the first value passed is kept for good.
+    /// Also releases the flush claim.
+    pub fn checkpoint(&self, now_ms: u64, isolate: [u8; 16]) -> Vec<Checkpoint> {
+        let isolate = *self.isolate.get_or_init(|| isolate);
+        self.release_flush();
+        self.last_checkpoint_ms.store(now_ms.max(1), Ordering::Relaxed);
+        let mut out = Vec::new();
+        while out.len() < MAX_MESSAGES_PER_CHECKPOINT {
+            let Some(cp) = self.retry.pop() else { break };
+            self.retry_bytes.fetch_sub(cp.encoded_len() as u64, Ordering::AcqRel);
+            out.push(cp);
+        }
+
+        // Cleared before draining: a record racing with us either lands in
+        // this drain or leaves the flag set for the next one.
+        self.dirty.swap(false, Ordering::AcqRel);
+        let mut drained = Drained::default();
+        self.resolves.drain(&mut drained);
+        let latency = self.latency.take();
+        let reasons: Vec<(i32, u64)> =
+            self.reasons.iter().enumerate().map(|(i, c)| (i as i32, take(c))).filter(|&(_, n)| n > 0).collect();
+        let mut counters = ef::Counters {
+            latency: (!latency.is_empty()).then(|| latency.to_envelope()),
+            resolves: reasons.iter().map(|&(reason, count)| ef::ReasonCount { reason, count }).collect(),
+            requests: self.take_requests(),
+            credential_resolves: drained
+                .credential_resolves
+                .iter()
+                .map(|(c, n)| ef::CredentialCount { client_credential: c.clone(), resolves: *n })
+                .collect(),
+            dropped_assign_events: self.assigns.take_dropped(),
+            dropped_schemas: drained.dropped_schemas,
+            dropped_checkpoints: take(&self.dropped_checkpoints),
+            unattributed: drained.unattributed,
+            ..Default::default()
+        };
+        let fresh = counters != ef::Counters::default()
+            || !drained.flags.is_empty()
+            || !drained.clients.is_empty()
+            || self.assigns.pending_bytes() > 0;
+        if !fresh {
+            return out;
+        }
+        counters.queue_sends_ok = take(&self.sends_ok);
+        counters.queue_sends_failed = take(&self.sends_failed);
+
+        let telemetry = confidence_telemetry(&latency, &reasons);
+        let mut packer = Packer::new(
+            ENVELOPE_OVERHEAD
+                + entry_size(counters.encoded_len())
+                + telemetry.as_ref().map_or(0, |t| entry_size(t.encoded_len())),
+        );
+        let max_item = MAX_MESSAGE_BYTES - ENVELOPE_OVERHEAD;
+        let mut dropped_items = 0u64;
+        for info in drained.flags {
+            let (pieces, dropped) = split_by(info, max_item, |m: &mut FlagResolveInfo| &mut m.rule_resolve_info);
+            dropped_items += dropped;
+            for p in pieces {
+                packer.add(entry_size(p.encoded_len()), |r| r.flag_resolve_info.push(p));
+            }
+        }
+        for info in drained.clients {
+            let (pieces, dropped) = split_by(info, max_item, |m: &mut ClientResolveInfo| &mut m.schema);
+            dropped_items += dropped;
+            for p in pieces {
+                packer.add(entry_size(p.encoded_len()), |r| r.client_resolve_info.push(p));
+            }
+        }
+        counters.dropped_schemas += dropped_items;
+        self.drain_assigned(&mut packer, MAX_MESSAGES_PER_CHECKPOINT.saturating_sub(out.len()).max(1));
+
+        for (i, logs) in packer.finish().into_iter().enumerate() {
+            let mut logs = logs;
+            let counters = if i == 0 {
+                logs.telemetry_data = telemetry.clone();
+                std::mem::take(&mut counters)
+            } else {
+                ef::Counters::default()
+            };
+            let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+            out.push(Checkpoint { id: CheckpointId { isolate, sequence }, created_ms: now_ms, logs, counters });
+        }
+        out
+    }
+
+    /// Moves queued exposure events into the packer while they fit in at
+    /// most `max_messages` messages; the first that does not is put back.
+    fn drain_assigned(&self, packer: &mut Packer, max_messages: usize) {
+        let max_item = MAX_MESSAGE_BYTES - ENVELOPE_OVERHEAD;
+        let mut full = false;
+        while !full {
+            let Some((ev, size)) = self.assigns.pop() else { break };
+            let pieces = if size <= max_item {
+                vec![ev]
+            } else {
+                let (pieces, dropped) = split_by(ev, max_item, |m: &mut FlagAssigned| &mut m.flags);
+                self.assigns.count_dropped(dropped);
+                pieces
+            };
+            for p in pieces {
+                let w = entry_size(p.encoded_len());
+                if full || (!packer.fits(w) && packer.len() >= max_messages) {
+                    full = true;
+                    self.assigns.push_front(p, w);
+                    continue;
+                }
+                packer.add(w, |r| r.flag_assigned.push(p));
+            }
+        }
+    }
+
+    fn take_requests(&self) -> Vec<ef::RequestCount> {
+        let mut out = Vec::new();
+        for (route, row) in Route::ALL.iter().zip(&self.requests) {
+            for (class, c) in row.iter().enumerate() {
+                let count = take(c);
+                if count > 0 {
+                    out.push(ef::RequestCount {
+                        route: route.as_str().to_string(),
+                        status_class: class as u32 + 1,
+                        count,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn take(c: &AtomicU64) -> u64 {
+    if c.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    c.swap(0, Ordering::AcqRel)
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Confidence's `TelemetryData` for a checkpoint (u32 fields saturate;
+/// the exact u64 values travel in `Counters`).
+fn confidence_telemetry(latency: &Histogram, reasons: &[(i32, u64)]) -> Option<TelemetryData> {
+    if latency.count == 0 && reasons.is_empty() {
+        return None;
+    }
+    Some(TelemetryData {
+        sdk: Some(Sdk { sdk: Some(sdk::Sdk::CustomId(SDK_ID.to_string())), version: VERSION.to_string() }),
+        resolve_latency: (latency.count > 0).then(|| ResolveLatency {
+            sum: saturate(latency.sum),
+            count: saturate(latency.count),
+            buckets: latency.to_confidence_spans(),
+            ln_ratio: LN_RATIO,
+        }),
+        resolve_rate: reasons.iter().map(|&(reason, n)| ResolveRate { count: saturate(n), reason }).collect(),
+        resolver_version: VERSION.to_string(),
+        ..Default::default()
+    })
+}
+
+/// Greedy packing of log entries into size-bounded messages.
+struct Packer {
+    msgs: Vec<(WriteFlagLogsRequest, usize)>,
+}
+
+impl Packer {
+    /// The first message also carries counters and telemetry: `first` bytes.
+    fn new(first: usize) -> Self {
+        Packer { msgs: vec![(WriteFlagLogsRequest::default(), first)] }
+    }
+
+    fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    fn fits(&self, w: usize) -> bool {
+        self.msgs.last().is_some_and(|(_, size)| size + w <= MAX_MESSAGE_BYTES)
+    }
+
+    fn add(&mut self, w: usize, put: impl FnOnce(&mut WriteFlagLogsRequest)) {
+        if !self.fits(w) {
+            self.msgs.push((WriteFlagLogsRequest::default(), ENVELOPE_OVERHEAD));
+        }
+        if let Some((req, size)) = self.msgs.last_mut() {
+            put(req);
+            *size += w;
+        }
+    }
+
+    fn finish(self) -> Vec<WriteFlagLogsRequest> {
+        self.msgs.into_iter().map(|(r, _)| r).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
