@@ -10,3 +10,5 @@ pub mod state;
 pub mod targeting;
 pub mod telemetry;
 pub mod token;
+#[cfg(target_arch = "wasm32")]
+pub mod worker;

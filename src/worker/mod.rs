@@ -17,9 +17,15 @@
 //! CORS headers (see [`http::Cors`]). Bodies over [`MAX_BODY_BYTES`] are a
 //! 413 before the handler runs.
 
+mod consumer;
+mod flags;
 pub mod http;
+mod metrics;
+mod runtime;
+mod sticky_kv;
+mod telemetry;
 
-use ::worker::{event, Context, Env, Headers, Request, Response};
+use ::worker::{event, Context, Env, Headers, MessageBatch, Request, Response};
 
 use http::{json_response, ApiError, Cors, MAX_BODY_BYTES};
 
@@ -34,22 +40,14 @@ pub struct Call<'a> {
     pub headers: &'a Headers,
 }
 
-/// The identity of the flag state this build serves, as `GET /v1/state:etag`
-/// reports it.
-pub fn state_etag() -> String {
-    "unversioned".to_string()
-}
-
 /// `POST /v1/flags:resolve`.
 pub async fn handle_resolve(req_body: Vec<u8>, call: &Call<'_>) -> Result<Response, ApiError> {
-    let _ = (req_body, call);
-    Err(http::unimplemented("flags:resolve"))
+    flags::resolve(req_body, call).await
 }
 
 /// `POST /v1/flags:apply`.
 pub async fn handle_apply(req_body: Vec<u8>, call: &Call<'_>) -> Result<Response, ApiError> {
-    let _ = (req_body, call);
-    Err(http::unimplemented("flags:apply"))
+    flags::apply(req_body, call).await
 }
 
 /// `POST /v1/telemetry:upload`: SDKs report their own telemetry here; it is
@@ -62,14 +60,23 @@ pub async fn handle_telemetry(req_body: Vec<u8>, call: &Call<'_>) -> Result<Resp
 /// `GET /v1/state:etag`: which state and which build answer here.
 pub async fn handle_state_etag(call: &Call<'_>) -> Result<Response, ApiError> {
     let _ = call;
-    let body = serde_json::json!({ "etag": state_etag(), "version": env!("CARGO_PKG_VERSION") });
+    // The etag of the snapshot this isolate serves: the same one the
+    // resolves it answers are computed from.
+    let snap = flags::snapshot()?;
+    let body = serde_json::json!({ "etag": snap.etag, "version": env!("CARGO_PKG_VERSION") });
     json_response(200, body.to_string().into_bytes())
 }
 
 /// `GET /metrics`.
 pub async fn handle_metrics(call: &Call<'_>) -> Result<Response, ApiError> {
-    let _ = call;
-    Err(http::unimplemented("metrics"))
+    metrics::get(call).await
+}
+
+/// The flag-log queue's consumer (see `consumer`). Never returns an error:
+/// workers-rs turns one into a trap, and failures are per message anyway.
+#[event(queue)]
+async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, ctx: Context) -> ::worker::Result<()> {
+    consumer::consume(batch, env, ctx).await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +125,21 @@ fn normalize_path(path: &str) -> String {
     }
 }
 
+fn telemetry_route(req: &Request) -> crate::telemetry::Route {
+    use crate::telemetry::Route as T;
+    if req.inner().method().eq_ignore_ascii_case("OPTIONS") {
+        return T::Preflight;
+    }
+    match Route::from_path(&normalize_path(&req.path())) {
+        Some(Route::Resolve) => T::Resolve,
+        Some(Route::Apply) => T::Apply,
+        Some(Route::TelemetryUpload) => T::TelemetryUpload,
+        Some(Route::StateEtag) => T::StateEtag,
+        Some(Route::Metrics) => T::Metrics,
+        None => T::Other,
+    }
+}
+
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> ::worker::Result<Response> {
     let cors = Cors::from_request(&req, &env);
@@ -125,6 +147,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> ::worker::Result<Respons
         Ok(resp) => resp,
         Err(err) => http::error_response(&err)?,
     };
+    telemetry::request(telemetry_route(&req), resp.status_code());
     cors.apply(&mut resp)?;
     Ok(resp)
 }
