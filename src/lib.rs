@@ -1,14 +1,49 @@
-//! edgeflag: a Confidence-compatible flag resolver for Cloudflare Workers.
+//! edgeflag: a Confidence-compatible feature-flag resolver for Cloudflare
+//! Workers.
+//!
+//! Where a request goes:
+//!
+//! ```text
+//! worker::fetch (worker/mod.rs)        routing, CORS, body limit, errors
+//!   POST /v1/flags:resolve  -> worker::flags::resolve
+//!        api::parse_resolve_request     JSON -> ResolveFlagsRequest
+//!        state::live / snapshot         the validated state serving this isolate
+//!        resolve::resolve               the pure core: targeting, bucketing, sticky
+//!        (sticky flags: worker::sticky_kv reads KV, then resolve again)
+//!        token / exposure               resolve token, or exposure events
+//!        telemetry (worker::telemetry)  record in the same synchronous window
+//!        api::write_resolve_response    JSON out
+//!   POST /v1/flags:apply    -> worker::flags::apply (token::open, exposure::apply)
+//!   GET  /metrics           -> worker::metrics (telemetry::render_prometheus)
+//!   GET  /v1/state:etag, POST /v1/telemetry:upload, OPTIONS: worker/mod.rs
+//! worker::queue (worker/consumer.rs)   checkpoints -> metrics KV + log delivery
+//! ```
+//!
+//! Everything outside `worker` is synchronous, free of I/O and globals
+//! (except the telemetry loggers, which are lock-free statics), and builds
+//! and tests natively; `cli` is the native `edgeflag` tool.
+
+/// JSON requests in, JSON responses out, API errors.
 pub mod api;
+/// Exposure events and apply: resolutions and tokens into FlagAssigned.
 pub mod exposure;
+/// The `edgeflag` command-line tool.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+/// MurmurHash3 bucketing.
 pub mod hash;
+/// Generated wire types and their proto3 JSON mapping.
 pub mod proto;
+/// The resolver core.
 pub mod resolve;
+/// State formats, validation, the immutable snapshot and the serving slot.
 pub mod state;
+/// Attribute targeting and value coercion.
 pub mod targeting;
+/// Lock-free loggers, checkpoints, aggregation and metrics.
 pub mod telemetry;
+/// Sealed resolve tokens.
 pub mod token;
+/// The Cloudflare Worker glue: routes, KV, Queue, clock.
 #[cfg(target_arch = "wasm32")]
 pub mod worker;
