@@ -1,0 +1,604 @@
+#!/usr/bin/env bash
+# edgeflag benchmarks, printed as markdown tables in one run.
+#
+#   bash scripts/bench.sh                     # every section
+#   bash scripts/bench.sh native size         # only some: native size workerd cold telemetry
+#   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
+#
+# Sections (one function each):
+#   bench_native      `cargo bench --bench resolve` (benches/resolve.rs): one
+#                     thread, no JSON/HTTP; Snapshot::load times; resolve
+#                     throughput for 1, 10 and all flags on the conformance,
+#                     demo and a large synthetic state (bench/synth.rs);
+#                     JSON parse/write per request.
+#   bench_size        the Worker bundle (what wrangler uploads: index_bg.wasm,
+#                     index.js, worker/shim.mjs), raw and gzip -9, for
+#                     edgeflag (demo and 5 MB state) and the baseline.
+#   bench_workerd     edgeflag (demo state) and bench/baseline/ (a Rust Worker
+#                     that parses the request JSON and returns a fixed answer)
+#                     under workerd: wrk at 1, 8 and 32 connections; req/s,
+#                     p50/p99, workerd CPU per request, edgeflag/baseline
+#                     ratios; workerd RSS after 10,000 requests.
+#   bench_cold_start  start wrangler dev -> first answered resolve, for the
+#                     baseline, edgeflag with the demo state and edgeflag
+#                     with a generated 5 MB state (examples/gen_state.rs).
+#   bench_telemetry   hook, not yet measured (see the function).
+#
+# How the Worker is reached. `wrangler dev` (4.86) runs two workerd
+# processes in its process group: a dev proxy listening on --port and
+# --inspector-port (it caps throughput near 1,000 req/s), and the one running
+# our Worker, started with `--socket-addr=entry=127.0.0.1:0` (a kernel-chosen
+# port it reports to wrangler over --control-fd, never printed). We find that
+# second workerd as the workerd in wrangler's process group whose command
+# line does not bind the proxy port, list its listening ports with
+# `ss -Hltnp` (entry, inspector, debug port), skip the inspector (it answers
+# GET /json/version) and take the port that answers HTTP. wrk hits that port
+# directly; CPU is utime+stime of that PID from /proc/<pid>/stat, memory its
+# VmRSS/VmHWM.
+#
+# Hygiene: servers listen on 127.0.0.1 only, each wrangler runs in its own
+# process group (setsid) and is stopped by that group's id on exit; every
+# wait loop and wrk run is bounded. Scratch files (states, bundle copies,
+# wrk scripts, logs) go to target/bench/. Building the bundles rebuilds
+# build/ through scripts/build-worker.sh and leaves it as the default (demo
+# state) build. The measurements take about 5 minutes on 2 cores; builds
+# come on top (first run: several minutes; later runs reuse target/bench/
+# bundles whose inputs did not change).
+#
+# Environment:
+#   DURATION=10        seconds per wrk run          CONNS="1 8 32"
+#   BENCH_SECS=1       seconds per native row       COLD_RUNS=3
+#   SKIP_BUILD=1       never build; use what target/bench/ has
+#   PIN=1              pin workerd to CPU 1 and wrk to CPU 0 (2+ cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-"1 8 32"}
+COLD_RUNS=${COLD_RUNS:-3}
+SKIP_BUILD=${SKIP_BUILD:-0}
+PIN=${PIN:-0}
+READY_TIMEOUT=${READY_TIMEOUT:-90}
+MEM_REQUESTS=10000
+SCRATCH=$ROOT/target/bench
+T0=$SECONDS
+CLK_TCK=$(getconf CLK_TCK)
+mkdir -p "$SCRATCH"
+
+log() { echo "bench: [$((SECONDS - T0))s] $*" >&2; }
+die() {
+    echo "bench: ERROR: $*" >&2
+    exit 1
+}
+
+# --- process bookkeeping ---------------------------------------------------------
+STARTED=()
+stop_group() {
+    local pgid=$1
+    kill -0 "$pgid" 2>/dev/null || return 0
+    kill -TERM -- "-$pgid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$pgid" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+    # The group may outlive its leader briefly; wait for its workerds too.
+    for _ in $(seq 1 25); do
+        pgrep -g "$pgid" >/dev/null 2>&1 || break
+        sleep 0.2
+    done
+}
+cleanup() {
+    local p
+    for p in "${STARTED[@]}"; do stop_group "$p"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- small helpers -----------------------------------------------------------------
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+free_port() {
+    local p used
+    used=$(ss -Htan | awk '{n = split($4, a, ":"); print a[n]}' | sort -u)
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 30000))
+        grep -qx "$p" <<<"$used" || {
+            echo "$p"
+            return 0
+        }
+    done
+    die "no free port found"
+}
+
+# Inputs of a bundle, so an unchanged one is not rebuilt.
+inputs_hash() {
+    {
+        find "$@" -type f ! -path '*/target/*' ! -path '*/build/*' -print0 | sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -c1-16
+}
+
+gz_size() { gzip -9c "$1" | wc -c; }
+
+lock_version() { # PACKAGE LOCKFILE
+    awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/version = |"/, ""); print; exit }' "$2"
+}
+
+# N / 1024 with one decimal: bytes -> KB, kB -> MB.
+div1024() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1024 }'; }
+
+# --- tools ---------------------------------------------------------------------------
+TOOLS_READY=0
+ensure_tools() {
+    [ "$TOOLS_READY" = 1 ] && return 0
+    bash scripts/setup.sh --bench
+    eval "$(bash scripts/setup.sh --print-env)"
+    command -v wrk >/dev/null || die "wrk missing after setup --bench"
+    TOOLS_READY=1
+}
+
+# --- builds ----------------------------------------------------------------------------
+STATE_5MB=$SCRATCH/state-5mb.pb
+ACCOUNT_5MB=bench-account
+
+gen_5mb_state() {
+    if [ -f "$STATE_5MB" ] && [ "$STATE_5MB" -nt bench/synth.rs ] && [ "$STATE_5MB" -nt examples/gen_state.rs ]; then
+        return 0
+    fi
+    log "generating a 5 MB state -> ${STATE_5MB#"$ROOT"/}"
+    cargo run --quiet --release --example gen_state -- \
+        --flags 200 --segments 10 --clients 5 --target-bytes 5000000 --format pb --out "$STATE_5MB" >&2
+}
+
+# build_edgeflag NAME [STATE ACCOUNT]: bundle in $SCRATCH/worker-NAME/build.
+build_edgeflag() {
+    local name=$1 state=${2:-} account=${3:-} dir=$SCRATCH/worker-$1 stamp
+    stamp=$(inputs_hash src proto build.rs Cargo.toml Cargo.lock ${state:+"$state"})
+    if [ -f "$dir/build/worker/shim.mjs" ] && { [ "$SKIP_BUILD" = 1 ] || [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ]; }; then
+        return 0
+    fi
+    [ "$SKIP_BUILD" = 1 ] && die "SKIP_BUILD=1 but $dir has no bundle"
+    ensure_tools
+    log "building edgeflag ($name) with scripts/build-worker.sh"
+    if [ -n "$state" ]; then
+        EDGEFLAG_STATE=$state EDGEFLAG_ACCOUNT=$account bash scripts/build-worker.sh >&2
+    else
+        (unset EDGEFLAG_STATE EDGEFLAG_ACCOUNT && bash scripts/build-worker.sh >&2)
+    fi
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp -r build "$dir/build"
+    echo "$stamp" >"$dir/stamp"
+}
+
+build_baseline() {
+    local stamp
+    stamp=$(inputs_hash bench/baseline/src bench/baseline/Cargo.toml bench/baseline/Cargo.lock)
+    if [ -f bench/baseline/build/worker/shim.mjs ] && { [ "$SKIP_BUILD" = 1 ] || [ "$(cat "$SCRATCH/baseline.stamp" 2>/dev/null)" = "$stamp" ]; }; then
+        return 0
+    fi
+    [ "$SKIP_BUILD" = 1 ] && die "SKIP_BUILD=1 but bench/baseline/build has no bundle"
+    # One wasm-bindgen CLI (Cargo.lock's version, from setup.sh) builds both.
+    local ours theirs
+    ours=$(lock_version wasm-bindgen Cargo.lock)
+    theirs=$(lock_version wasm-bindgen bench/baseline/Cargo.lock)
+    [ "$ours" = "$theirs" ] || die "wasm-bindgen is $ours in Cargo.lock but $theirs in bench/baseline/Cargo.lock;" \
+        "run: (cd bench/baseline && cargo update -p wasm-bindgen --precise $ours)"
+    ensure_tools
+    log "building bench/baseline with worker-build (wasm-bindgen: $WASM_BINDGEN_BIN)"
+    (cd bench/baseline && "$WORKER_BUILD_BIN" --release >&2)
+    echo "$stamp" >"$SCRATCH/baseline.stamp"
+}
+
+BUILT=0
+build_all() {
+    [ "$BUILT" = 1 ] && return 0
+    gen_5mb_state
+    build_edgeflag 5mb "$STATE_5MB" "$ACCOUNT_5MB"
+    build_edgeflag demo
+    # build/ is the default (demo) build afterwards, whatever was rebuilt.
+    if ! cmp -s build/index_bg.wasm "$SCRATCH/worker-demo/build/index_bg.wasm" 2>/dev/null; then
+        rm -rf build && cp -r "$SCRATCH/worker-demo/build" build
+    fi
+    build_baseline
+    BUILT=1
+}
+
+# --- workers under wrangler dev ----------------------------------------------------------
+# Targets: NAME -> config, script, request body prefix/suffix (the targeting
+# key goes between), and the request used for readiness.
+DEMO_SECRET=demo-secret
+DEMO_FLAG=flags/welcome-banner
+target_config() { # NAME -> "CONFIG SCRIPT"
+    case $1 in
+        baseline) echo "bench/baseline/wrangler.toml bench/baseline/build/worker/shim.mjs" ;;
+        edgeflag-demo) echo "wrangler.toml $SCRATCH/worker-demo/build/worker/shim.mjs" ;;
+        edgeflag-5mb) echo "wrangler.toml $SCRATCH/worker-5mb/build/worker/shim.mjs" ;;
+        *) die "unknown target $1" ;;
+    esac
+}
+body_head() {
+    case $1 in
+        baseline | edgeflag-demo)
+            printf '{"flags":["%s"],"clientSecret":"%s","apply":false,"evaluationContext":{"country":"SE","targeting_key":"user-' \
+                "$DEMO_FLAG" "$DEMO_SECRET"
+            ;;
+        edgeflag-5mb)
+            printf '{"flags":["flags/bench-flag-00000"],"clientSecret":"bench-secret-0","apply":false,"evaluationContext":{"country":"SE","targeting_key":"user-'
+            ;;
+    esac
+}
+BODY_TAIL='"}}'
+body() { printf '%s%s%s' "$(body_head "$1")" "$2" "$BODY_TAIL"; }
+
+# Set by start_worker.
+W_PGID=""
+W_PORT=""
+W_LOG=""
+start_worker() { # NAME [RUN-DIR-SUFFIX]
+    local name=$1 config script port iport dir
+    read -r config script <<<"$(target_config "$name")"
+    [ -f "$script" ] || die "$name: $script missing (build first)"
+    dir=$SCRATCH/run-$name${2:+-$2}
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    # --env-file keeps a developer's .dev.vars out; a throwaway token key.
+    (
+        umask 077
+        echo "RESOLVE_TOKEN_KEY=$(head -c 32 /dev/urandom | base64)" >"$dir/secrets.env"
+    )
+    port=$(free_port)
+    iport=$(free_port)
+    while [ "$iport" = "$port" ]; do iport=$(free_port); done
+    W_LOG=$dir/wrangler.log
+    WRANGLER_SEND_METRICS=false WRANGLER_LOG_PATH=$dir NO_COLOR=1 FORCE_COLOR=0 CI=true \
+        setsid node_modules/.bin/wrangler dev "$script" --config "$config" \
+        --ip 127.0.0.1 --port "$port" --inspector-port "$iport" \
+        --persist-to "$dir/state" --env-file "$dir/secrets.env" \
+        --show-interactive-dev-session=false </dev/null >"$W_LOG" 2>&1 &
+    W_PGID=$!
+    W_PORT=$port
+    STARTED+=("$W_PGID")
+}
+
+stop_worker() {
+    stop_group "$W_PGID"
+    local keep=() p
+    for p in "${STARTED[@]}"; do [ "$p" = "$W_PGID" ] || keep+=("$p"); done
+    STARTED=("${keep[@]}")
+}
+
+# post PORT NAME KEY -> "HTTP_CODE SECONDS"
+post() {
+    curl -s -o /dev/null -m 5 -w '%{http_code} %{time_total}' -X POST \
+        -H 'content-type: application/json' --data "$(body "$2" "$3")" \
+        "http://127.0.0.1:$1/v1/flags:resolve" 2>/dev/null || true
+}
+
+# Waits until the proxy port answers anything; echoes the HTTP code.
+wait_answer() { # NAME
+    local deadline=$((SECONDS + READY_TIMEOUT)) code
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        kill -0 "$W_PGID" 2>/dev/null || {
+            tail -20 "$W_LOG" >&2
+            die "$1: wrangler dev exited"
+        }
+        read -r code _ <<<"$(post "$W_PORT" "$1" ready)"
+        if [ -n "$code" ] && [ "$code" != 000 ]; then
+            echo "$code"
+            return 0
+        fi
+        sleep 0.05
+    done
+    tail -20 "$W_LOG" >&2
+    die "$1: no answer within ${READY_TIMEOUT}s"
+}
+
+# Echoes "PID PORT" of the workerd running the Worker (see the header).
+find_workerd() { # NAME
+    local pid port cmd ports
+    for _ in $(seq 1 50); do
+        for pid in $(pgrep -g "$W_PGID" -x workerd || true); do
+            cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+            case $cmd in *"entry=127.0.0.1:$W_PORT "*) continue ;; esac
+            ports=$(ss -Hltnp 2>/dev/null | awk -v p="pid=$pid," 'index($0, p) { n = split($4, a, ":"); print a[n] }' | sort -u)
+            for port in $ports; do
+                curl -s -m 2 "http://127.0.0.1:$port/json/version" 2>/dev/null | grep -q '"Browser"' && continue
+                read -r code _ <<<"$(post "$port" "$1" probe)"
+                if [ -n "$code" ] && [ "$code" != 000 ]; then
+                    echo "$pid $port"
+                    return 0
+                fi
+            done
+        done
+        sleep 0.2
+    done
+    die "$1: could not find the Worker's workerd process and port"
+}
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+
+# wrk script: one body per request, each with a fresh targeting key.
+write_lua() { # NAME FILE
+    local head
+    head=$(body_head "$1")
+    cat >"$2" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local head = [[$head]]
+local tail = [[$BODY_TAIL]]
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, head .. n .. tail)
+end
+EOF
+}
+
+# Exactly N requests over 8 keep-alive connections (wrk cannot stop after
+# a count: thread:stop() still waits out -d). Echoes the status counts.
+send_n() { # NAME PORT N
+    timeout 180 node -e '
+        const [url, n, head, tail] = process.argv.slice(1);
+        let next = 0;
+        const codes = {};
+        async function loop() {
+            while (next < Number(n)) {
+                const k = next++;
+                const r = await fetch(url, { method: "POST", headers: { "content-type": "application/json" }, body: head + "mem-" + k + tail });
+                await r.arrayBuffer();
+                codes[r.status] = (codes[r.status] || 0) + 1;
+            }
+        }
+        Promise.all(Array.from({ length: 8 }, loop)).then(
+            () => console.log(Object.entries(codes).map(([c, k]) => k + "x" + c).join(",")),
+            (e) => { console.log("error: " + e.message); process.exit(1); });
+    ' "http://127.0.0.1:$2/v1/flags:resolve" "$3" "$(body_head "$1")" "$BODY_TAIL"
+}
+
+# wrk output -> "RPS REQUESTS P50_MS P99_MS NON2XX ERRORS"
+parse_wrk() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+            if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+            if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+            return v
+        }
+        /Requests\/sec:/ { rps = $2 }
+        / requests in / { reqs = $1 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /Socket errors:/ { gsub(",", ""); errs = $4 + $6 + $8 + $10 }
+        END { printf "%s %s %s %s %d %d\n", rps, reqs, p50, p99, non2xx, errs }
+    ' "$1"
+}
+
+WRK_PREFIX=()
+[ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ] && WRK_PREFIX=(taskset -c 0)
+
+# --- sections ----------------------------------------------------------------------------
+bench_native() {
+    echo "## Native core (cargo bench --bench resolve)"
+    echo
+    # Release has panic=abort; a bench target is built with unwind, and with
+    # the bin target in the same build both lib copies would be written to
+    # the same libedgeflag.{so,rlib} (cdylib names carry no hash), racing.
+    # Unwind for the whole bench profile builds the lib once (cargo warns
+    # that the setting is "ignored"; the effect is the single build).
+    CARGO_PROFILE_BENCH_PANIC=unwind timeout 1800 cargo bench --quiet --bench resolve
+    echo
+}
+
+bench_size() {
+    build_all
+    echo "## Bundle size (what wrangler uploads; Workers limit: 3 MB gzip free, 10 MB paid)"
+    echo
+    echo "| bundle | wasm raw | wasm gzip | js raw | js gzip | total raw | total gzip |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    local label dir wasm js_raw js_gz f
+    for label in "edgeflag (demo state):$SCRATCH/worker-demo/build" \
+        "edgeflag (5 MB state):$SCRATCH/worker-5mb/build" \
+        "baseline:bench/baseline/build"; do
+        dir=${label#*:}
+        wasm=$dir/index_bg.wasm
+        [ -f "$wasm" ] || {
+            echo "| ${label%%:*} | (not built) | | | | | |"
+            continue
+        }
+        js_raw=0
+        js_gz=0
+        for f in "$dir/index.js" "$dir/worker/shim.mjs"; do
+            [ -f "$f" ] || continue
+            js_raw=$((js_raw + $(wc -c <"$f")))
+            js_gz=$((js_gz + $(gz_size "$f")))
+        done
+        local w_raw w_gz
+        w_raw=$(wc -c <"$wasm")
+        w_gz=$(gz_size "$wasm")
+        echo "| ${label%%:*} | $(div1024 "$w_raw") KB | $(div1024 "$w_gz") KB | $(div1024 "$js_raw") KB | $(div1024 "$js_gz") KB | $(div1024 $((w_raw + js_raw))) KB | $(div1024 $((w_gz + js_gz))) KB |"
+    done
+    echo
+    local big=$SCRATCH/worker-5mb/build/index_bg.wasm
+    if [ -f "$big" ] && [ "$(wc -c <"$big")" -lt "$(wc -c <"$STATE_5MB")" ]; then
+        echo "> The 5 MB-state wasm is smaller than the state itself: this build does not embed EDGEFLAG_STATE (nothing in the Worker references it yet, so LTO drops it)."
+        echo
+    fi
+}
+
+# Fills R_<target>_<conns> with "RPS P50 P99 CPU_US NON2XX".
+declare -A R
+declare -A MEM
+run_load() { # NAME
+    local name=$1 code found pid port lua=$SCRATCH/run-$1/load.lua
+    start_worker "$name"
+    code=$(wait_answer "$name")
+    found=$(find_workerd "$name")
+    read -r pid port <<<"$found"
+    log "$name: wrangler pgid $W_PGID, proxy :$W_PORT, workerd pid $pid on :$port (first answer HTTP $code)"
+    if [ "$PIN" = 1 ] && [ ${#WRK_PREFIX[@]} -gt 0 ]; then
+        taskset -a -cp 1 "$pid" >/dev/null
+    fi
+    write_lua "$name" "$lua"
+
+    MEM[$name.idle]=$(status_kb "$pid" VmRSS)
+    log "$name: $MEM_REQUESTS requests for the memory figure"
+    MEM[$name.sent]=$(send_n "$name" "$port" "$MEM_REQUESTS" || echo failed)
+    MEM[$name.rss]=$(status_kb "$pid" VmRSS)
+    MEM[$name.code]=$code
+
+    local c c0 c1 out rps reqs p50 p99 non2xx errs cpu_us
+    for c in $CONNS; do
+        # A short unmeasured run first: JIT, connection setup.
+        "${WRK_PREFIX[@]}" wrk -t1 -c"$c" -d2s --timeout 5s -s "$lua" "http://127.0.0.1:$port/v1/flags:resolve" >/dev/null 2>&1 || true
+        out=$SCRATCH/run-$name/wrk-c$c.txt
+        log "$name: wrk -c$c for ${DURATION}s"
+        c0=$(cpu_ticks "$pid")
+        "${WRK_PREFIX[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --timeout 5s --latency -s "$lua" \
+            "http://127.0.0.1:$port/v1/flags:resolve" >"$out" 2>&1 || true
+        c1=$(cpu_ticks "$pid")
+        read -r rps reqs p50 p99 non2xx errs <<<"$(parse_wrk "$out")"
+        cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+        R[$name.$c]="$rps $p50 $p99 $cpu_us $non2xx $errs"
+    done
+    MEM[$name.hwm]=$(status_kb "$pid" VmHWM)
+    stop_worker
+}
+
+bench_workerd() {
+    build_all
+    ensure_tools
+    run_load baseline
+    run_load edgeflag-demo
+    echo "## Under workerd (wrangler dev 4.86, wrk -t1 straight at the Worker's workerd, ${DURATION}s per row)"
+    echo
+    if [ "${MEM[edgeflag-demo.code]}" != 200 ]; then
+        echo "> edgeflag answered resolves with HTTP ${MEM[edgeflag-demo.code]}, not 200: its rows measure that answer, not resolving."
+        echo
+    fi
+    echo "| worker | connections | req/s | p50 ms | p99 ms | workerd CPU µs/req | non-2xx | socket errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    local name c rps p50 p99 cpu non2xx errs
+    for name in baseline edgeflag-demo; do
+        for c in $CONNS; do
+            read -r rps p50 p99 cpu non2xx errs <<<"${R[$name.$c]}"
+            echo "| $name | $c | $rps | $p50 | $p99 | $cpu | $non2xx | $errs |"
+        done
+    done
+    echo
+    echo "edgeflag / baseline (req/s below 1 and latency/CPU above 1 are what resolving costs):"
+    echo
+    echo "| connections | req/s | p50 | p99 | CPU/req |"
+    echo "|---:|---:|---:|---:|---:|"
+    local b e
+    for c in $CONNS; do
+        read -r -a b <<<"${R[baseline.$c]}"
+        read -r -a e <<<"${R[edgeflag-demo.$c]}"
+        awk -v c="$c" -v b1="${b[0]}" -v b2="${b[1]}" -v b3="${b[2]}" -v b4="${b[3]}" \
+            -v e1="${e[0]}" -v e2="${e[1]}" -v e3="${e[2]}" -v e4="${e[3]}" '
+            function r(x, y) { return (y > 0) ? sprintf("%.2f", x / y) : "n/a" }
+            BEGIN { printf "| %s | %s | %s | %s | %s |\n", c, r(e1, b1), r(e2, b2), r(e3, b3), r(e4, b4) }'
+    done
+    echo
+    echo "| worker | RSS idle | RSS after ${MEM_REQUESTS} requests | peak RSS (VmHWM) after all runs |"
+    echo "|---|---:|---:|---:|"
+    for name in baseline edgeflag-demo; do
+        echo "| $name | $(div1024 "${MEM[$name.idle]:-0}") MB | $(div1024 "${MEM[$name.rss]:-0}") MB (${MEM[$name.sent]:-?}) | $(div1024 "${MEM[$name.hwm]:-0}") MB |"
+    done
+    echo
+}
+
+bench_cold_start() {
+    build_all
+    ensure_tools
+    echo "## Cold start (wrangler dev start -> first answered resolve; ${COLD_RUNS} runs each, median)"
+    echo
+    echo "| worker | state | HTTP | wrangler start -> answer ms | workerd spawn -> answer ms | first request ms | next request ms |"
+    echo "|---|---|---:|---:|---:|---:|---:|"
+    local name state i t0 code t1 up found pid port start_ticks next
+    for name in baseline edgeflag-demo edgeflag-5mb; do
+        case $name in
+            baseline) state="none" ;;
+            edgeflag-demo) state="demo" ;;
+            edgeflag-5mb) state="$(div1024 "$(wc -c <"$STATE_5MB")") KB pb" ;;
+        esac
+        local a_total=() a_spawn=() a_first=() a_next=()
+        for i in $(seq 1 "$COLD_RUNS"); do
+            t0=$(now_ms)
+            start_worker "$name" cold
+            # First request that gets any answer: through the proxy, since
+            # the Worker's own port exists only once workerd is up.
+            local deadline=$((SECONDS + READY_TIMEOUT)) secs=""
+            code=000
+            while [ "$SECONDS" -lt "$deadline" ]; do
+                read -r code secs <<<"$(post "$W_PORT" "$name" "cold-$i")"
+                [ -n "$code" ] && [ "$code" != 000 ] && break
+                kill -0 "$W_PGID" 2>/dev/null || break
+                sleep 0.05
+            done
+            t1=$(now_ms)
+            up=$(awk '{ print $1 }' /proc/uptime)
+            if [ -z "$code" ] || [ "$code" = 000 ]; then
+                tail -20 "$W_LOG" >&2
+                log "$name: no answer (run $i)"
+                stop_worker
+                continue
+            fi
+            found=$(find_workerd "$name")
+            read -r pid port <<<"$found"
+            start_ticks=$(awk '{ print $22 }' "/proc/$pid/stat")
+            a_total+=($((t1 - t0)))
+            a_spawn+=("$(awk -v u="$up" -v s="$start_ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (u - s / hz) * 1000 }')")
+            a_first+=("$(awk -v s="$secs" 'BEGIN { printf "%.1f", s * 1000 }')")
+            read -r _ next <<<"$(post "$port" "$name" "warm-$i")"
+            a_next+=("$(awk -v s="$next" 'BEGIN { printf "%.1f", s * 1000 }')")
+            stop_worker
+        done
+        echo "| $name | $state | $code | $(median "${a_total[@]}") | $(median "${a_spawn[@]}") | $(median "${a_first[@]}") | $(median "${a_next[@]}") |"
+    done
+    echo
+    echo "workerd spawn -> answer: from the Worker's workerd process start (/proc starttime, 10 ms ticks) to the answer; first request: curl time of that answering request via the dev proxy; next request: the following one, straight at workerd."
+    echo
+}
+
+median() {
+    [ $# -gt 0 ] || {
+        echo "n/a"
+        return
+    }
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+bench_telemetry() {
+    # Hook for the lead: the cost of the telemetry/flag-log path (queue
+    # producer per resolve, /metrics rendering) under workerd, e.g. wrk
+    # with apply=true bodies against edgeflag-demo vs apply=false, and
+    # `GET /metrics` latency after N requests. Not measured yet.
+    echo "## Telemetry"
+    echo
+    echo "> not measured yet (bench_telemetry in scripts/bench.sh is a hook)."
+    echo
+}
+
+# --- main ------------------------------------------------------------------------------------
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd cold telemetry)
+echo "# edgeflag benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
+echo
+echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start."
+echo
+for s in "${SECTIONS[@]}"; do
+    case $s in
+        native) bench_native ;;
+        size) bench_size ;;
+        workerd) bench_workerd ;;
+        cold | cold_start) bench_cold_start ;;
+        telemetry) bench_telemetry ;;
+        *) die "unknown section '$s' (native size workerd cold telemetry)" ;;
+    esac
+done
+log "done in $((SECONDS - T0))s"
