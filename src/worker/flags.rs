@@ -49,8 +49,17 @@ pub fn snapshot() -> Result<Arc<Snapshot>, ApiError> {
 
 static EMPTY: std::sync::OnceLock<Struct> = std::sync::OnceLock::new();
 
+/// Any failure, whatever its cause, counts as one RESOLVE_REASON_ERROR.
 pub async fn resolve(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response, ApiError> {
     let started = runtime::now_ms();
+    let result = resolve_inner(body, call, started).await;
+    if result.is_err() {
+        super::telemetry::failed_resolve(runtime::now_ms() - started);
+    }
+    result
+}
+
+async fn resolve_inner(body: Vec<u8>, call: &Call<'_>, started: f64) -> Result<::worker::Response, ApiError> {
     let snap = snapshot()?;
     let req = api::parse_resolve_request(&body)?;
     let apply = runtime::force_apply(call.env) || req.apply;
@@ -60,13 +69,7 @@ pub async fn resolve(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Respons
 
     // Discovery pass: if no flag needs a sticky read, it is final.
     let mode = if kv.is_some() { Sticky::Discover } else { Sticky::Unsupported };
-    let first = match resolve::resolve(&snap, &request, mode, None) {
-        Ok(r) => r,
-        Err(e) => {
-            super::telemetry::failed_resolve(runtime::now_ms() - started);
-            return Err(e.into());
-        }
-    };
+    let first = resolve::resolve(&snap, &request, mode, None)?;
     let known;
     let res = match (&kv, first.needs_reads()) {
         (Some(kv), true) => {
@@ -110,7 +113,6 @@ pub async fn resolve(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Respons
         let ttl = runtime::sticky_ttl(call.env);
         call.ctx.wait_until(sticky_kv::write(kv, writes, ttl));
     }
-    super::telemetry::schedule_flush(call);
     json_response(200, out)
 }
 
@@ -132,6 +134,5 @@ pub async fn apply(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response,
     let token = token::open(&keys, &credential.credential, &req.resolve_token).map_err(ApiError::from)?;
     let assigned = exposure::apply(&token, &req, credential, runtime::timestamp(runtime::now_ms()))?;
     super::telemetry::applied(assigned);
-    super::telemetry::schedule_flush(call);
     json_response(200, b"{}".to_vec())
 }

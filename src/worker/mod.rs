@@ -148,6 +148,9 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> ::worker::Result<Respons
         Err(err) => http::error_response(&err)?,
     };
     telemetry::request(telemetry_route(&req), resp.status_code());
+    // Every request, failed ones included, may carry the flush: telemetry
+    // recorded by a request that errors must not wait for a later success.
+    telemetry::schedule_flush(&env, &ctx);
     cors.apply(&mut resp)?;
     Ok(resp)
 }

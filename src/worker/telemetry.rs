@@ -5,7 +5,7 @@
 //! sends it to the Queue as one message (or a few, if it is large). A
 //! failed send hands the checkpoint back, to go out with the next flush.
 
-use super::{runtime, Call};
+use super::runtime;
 use crate::proto::events::FlagAssigned;
 use crate::proto::wkt::Struct;
 use crate::resolve::Resolution;
@@ -60,12 +60,12 @@ pub fn request(route: Route, status: u16) {
 
 /// Claims the next flush if nobody has; the claimant's `wait_until` waits
 /// for the interval (or less, when enough is pending) and sends.
-pub fn schedule_flush(call: &Call<'_>) {
+pub fn schedule_flush(env: &::worker::Env, ctx: &::worker::Context) {
     let now = runtime::now_ms() as u64;
     if !TELEMETRY.has_pending() || !TELEMETRY.try_claim_flush(now) {
         return;
     }
-    let queue = match call.env.queue("FLAG_LOGS_QUEUE") {
+    let queue = match env.queue("FLAG_LOGS_QUEUE") {
         Ok(q) => q,
         Err(_) => {
             // No queue bound: nowhere to send; keep the data bounded in memory.
@@ -73,7 +73,7 @@ pub fn schedule_flush(call: &Call<'_>) {
             return;
         }
     };
-    call.ctx.wait_until(async move {
+    ctx.wait_until(async move {
         let Some(due) = TELEMETRY.flush_due_at(now) else {
             TELEMETRY.release_flush();
             return;

@@ -631,17 +631,8 @@ def test_promtool_accepts_metrics(load_run: LoadRun) -> None:
     assert complaints and not others, f"promtool complaints besides the histogram unit one:\n{out}"
 
 
-# Known Worker bug (reported, not fixed here): src/worker/flags.rs `resolve`
-# records a failed resolve (telemetry::failed_resolve) and returns before
-# `schedule_flush`; no other path schedules one either, so those counts wait
-# in the isolate for a later successful resolve/apply. strict: once fixed,
-# this XPASSes and fails the run, so the marker gets removed.
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Worker bug: a failed resolve records telemetry but never schedules a flush, "
-    "so failures with no later successful resolve in the isolate never reach /metrics",
-)
+# Regression: failed resolves used to record telemetry without scheduling a
+# flush, so with no later success in the isolate they never reached /metrics.
 def test_failed_resolves_alone_reach_metrics(built_worker: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Failed resolves are counted even when nothing succeeds after them."""
     worker = launch_worker(tmp_path_factory.mktemp("telemetry-failed-only"))
