@@ -271,3 +271,50 @@ def http() -> Iterator[requests.Session]:
     """A requests session; pass timeout=REQUEST_TIMEOUT on every call."""
     with requests.Session() as s:
         yield s
+
+
+# --- Shared by test_api.py and test_python_sdk.py --------------------------------
+
+# Client secrets of the embedded demo state (src/demo_state.json).
+DEMO_SECRET = "demo-secret"  # clients/demo/credentials/web, environment production
+DEMO_STAGING_SECRET = "demo-staging-secret"  # clients/demo/credentials/staging, environment staging
+DEMO_CREDENTIAL = "clients/demo/credentials/web"
+
+# The configuration under which flags:resolve with apply=false returns a
+# resolve token (the default, FORCE_APPLY=true, applies every resolve).
+NO_FORCE_APPLY = {"FORCE_APPLY": "false"}
+
+
+def random_token_key() -> str:
+    """A fresh RESOLVE_TOKEN_KEY value: base64 of 32 random bytes."""
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def poll(check: Callable[[], object], attempts: int, interval: float) -> object:
+    """Calls `check` up to `attempts` times, `interval` seconds apart, and
+    returns its first truthy result (or the last falsy one). Bounded in
+    count and, with REQUEST_TIMEOUT on each request inside, in time."""
+    result: object = None
+    for i in range(attempts):
+        result = check()
+        if result:
+            return result
+        if i + 1 < attempts:
+            time.sleep(interval)
+    return result
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """`name{labels} value` lines of a Prometheus text exposition, keyed by
+    `name{labels}` exactly as written (comments skipped)."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            samples[key] = float(value)
+        except ValueError:
+            continue
+    return samples
