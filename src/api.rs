@@ -55,6 +55,30 @@ fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
             format!("request body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
         ));
     }
+    match parse_typed(body, what) {
+        Ok(v) => Ok(v),
+        // proto3 JSON: `null` means the field's default. The generated
+        // parsers refuse it for scalars and lists, so drop such top-level
+        // fields and try once more (its error, if any, is the real problem).
+        Err(first) => match without_top_level_nulls(body) {
+            Some(cleaned) => parse_typed(&cleaned, what),
+            None => Err(first),
+        },
+    }
+}
+
+/// The body with its top-level `null` members removed, when it has any.
+fn without_top_level_nulls(body: &[u8]) -> Option<Vec<u8>> {
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let before = v.len();
+    v.retain(|_, value| !value.is_null());
+    if v.len() == before {
+        return None;
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+fn parse_typed<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -151,11 +175,13 @@ pub fn write_resolve_response(
         write_resolved_flag(out, f);
     }
     out.push(b']');
+    // Always present, empty when no token was issued: published SDKs
+    // (Confidence Python 3.0.3) read the field unconditionally.
+    out.extend_from_slice(b",\"resolveToken\":\"");
     if let Some(t) = token.filter(|t| !t.is_empty()) {
-        out.extend_from_slice(b",\"resolveToken\":\"");
         out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(t).as_bytes());
-        out.push(b'"');
     }
+    out.push(b'"');
     if !resolve_id.is_empty() {
         out.extend_from_slice(b",\"resolveId\":");
         push_str(out, resolve_id);
@@ -202,6 +228,18 @@ mod tests {
             .expect("parses");
         assert_eq!(r.client_secret, "s");
         assert!(r.evaluation_context.is_some());
+    }
+
+    #[test]
+    fn null_means_default() {
+        let r = parse_resolve_request(
+            br#"{"clientSecret": "s", "apply": null, "flags": null, "evaluationContext": {"a": null}}"#,
+        )
+        .expect("nulls are defaults");
+        assert!(!r.apply && r.flags.is_empty());
+        assert!(r.evaluation_context.is_some_and(|c| c.fields.contains_key("a")), "nulls inside the context stay");
+        let e = parse_resolve_request(br#"{"apply": null, "flags": 3}"#).unwrap_err();
+        assert!(e.message.contains("`flags`"), "{}", e.message);
     }
 
     #[test]

@@ -122,14 +122,14 @@ fn take_writes(res: Resolution<'_, '_>) -> Vec<crate::resolve::sticky::Record> {
 
 pub async fn apply(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response, ApiError> {
     let req = api::parse_apply_request(&body)?;
-    // SDKs that resolved with apply=true still send an apply with no token.
-    if req.resolve_token.is_empty() {
-        return json_response(200, b"{}".to_vec());
-    }
     let snap = snapshot()?;
     let credential = snap
         .credential(&req.client_secret)
         .ok_or_else(|| ApiError::from(resolve::ResolveError::UnknownClientSecret))?;
+    // SDKs that resolved with apply=true still send an apply with no token.
+    if req.resolve_token.is_empty() {
+        return json_response(200, b"{}".to_vec());
+    }
     let keys = runtime::token_keys(call.env)?;
     let token = token::open(&keys, &credential.credential, &req.resolve_token).map_err(ApiError::from)?;
     let assigned = exposure::apply(&token, &req, credential, runtime::timestamp(runtime::now_ms()))?;

@@ -431,15 +431,6 @@ def test_unknown_fields_are_ignored(http: requests.Session, worker: Worker) -> N
 
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "Worker bug: proto3 JSON says null is accepted for every field and means its default, but the "
-        "request parser rejects null for scalar and repeated fields (400 `apply`/`flags`/`clientSecret`/"
-        "`resolveToken`: invalid type: null); message fields (evaluationContext, sdk, sendTime) accept it"
-    ),
-)
 def test_null_means_the_default_value(http: requests.Session, no_force: Worker) -> None:
     ctx = {"targeting_key": "nulls", "country": "SE"}
     for field in ("apply", "flags"):

@@ -236,17 +236,18 @@ MALFORMED_BODIES = {
     "trailing-garbage": b'{"clientSecret": "demo-secret"} x',
     "deep-nesting": b'{"evaluationContext": ' + b'{"a": ' * 200 + b"1" + b"}" * 200 + b"}",
 }
-EXPECTED_MALFORMED = {400: "INVALID_ARGUMENT", 501: "UNIMPLEMENTED"}
-
-
 @pytest.mark.parametrize("path", ["/v1/flags:resolve", "/v1/flags:apply"])
 @pytest.mark.parametrize("body", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
 def test_malformed_body_is_a_json_error(http: requests.Session, base_url: str, path: str, body: bytes) -> None:
     resp = http.post(
         f"{base_url}{path}", data=body, headers={"Content-Type": "application/json"}, timeout=REQUEST_TIMEOUT
     )
-    assert resp.status_code in EXPECTED_MALFORMED, resp.text
-    assert_api_error(resp, resp.status_code, EXPECTED_MALFORMED[resp.status_code])
+    if path.endswith("apply") and body == MALFORMED_BODIES["deep-nesting"]:
+        # Valid JSON whose only field is unknown to an apply request, so it is
+        # ignored; what is left is an apply without a client secret.
+        assert_api_error(resp, 401, "UNAUTHENTICATED")
+        return
+    assert_api_error(resp, 400, "INVALID_ARGUMENT")
     assert_cors(resp)
 
 

@@ -202,15 +202,6 @@ def test_sdk_requests_reach_the_worker(start_worker: Callable[..., Worker]) -> N
     assert samples['edgeflag_requests_total{route="resolve",status="2xx"}'] == len(calls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "Worker bug: a resolve with apply=true (what the SDK sends by default, and what FORCE_APPLY makes every "
-        "resolve) answers without a `resolveToken` field; SDK 3.0.3 reads response['resolveToken'] "
-        "unconditionally, gets a KeyError and returns the default with reason ERROR"
-    ),
-)
 @pytest.mark.parametrize("config", [{}, NO_FORCE_APPLY], ids=["force-apply-default", "no-force-apply"])
 def test_sdk_with_its_default_settings(start_worker: Callable[..., Worker], config: dict) -> None:
     worker = start_worker(vars=config)
