@@ -6,22 +6,22 @@
 #   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
 #
 # Sections (one function each):
-#   bench_native      `cargo bench --bench resolve` (benches/resolve.rs): one
+#   bench_native      `cargo bench --bench resolve` (scripts/bench/resolve.rs): one
 #                     thread, no JSON/HTTP; Snapshot::load times; resolve
 #                     throughput for 1, 10 and all flags on the conformance,
-#                     demo and a large synthetic state (bench/synth.rs);
+#                     demo and a large synthetic state (scripts/bench/synth.rs);
 #                     JSON parse/write per request.
 #   bench_size        the Worker bundle (what wrangler uploads: index_bg.wasm,
 #                     index.js, worker/shim.mjs), raw and gzip -9, for
 #                     edgeflag (demo and 5 MB state) and the baseline.
-#   bench_workerd     edgeflag (demo state) and bench/baseline/ (a Rust Worker
+#   bench_workerd     edgeflag (demo state) and scripts/bench/baseline/ (a Rust Worker
 #                     that parses the request JSON and returns a fixed answer)
 #                     under workerd: wrk at 1, 8 and 32 connections; req/s,
 #                     p50/p99, workerd CPU per request, edgeflag/baseline
 #                     ratios; workerd RSS after 10,000 requests.
 #   bench_cold_start  start wrangler dev -> first answered resolve, for the
 #                     baseline, edgeflag with the demo state and edgeflag
-#                     with a generated 5 MB state (examples/gen_state.rs).
+#                     with a generated 5 MB state (scripts/bench/gen_state.rs).
 #   bench_telemetry   hook, not yet measured (see the function).
 #
 # How the Worker is reached. `wrangler dev` (4.86) runs two workerd
@@ -144,7 +144,7 @@ STATE_5MB=$SCRATCH/state-5mb.pb
 ACCOUNT_5MB=bench-account
 
 gen_5mb_state() {
-    if [ -f "$STATE_5MB" ] && [ "$STATE_5MB" -nt bench/synth.rs ] && [ "$STATE_5MB" -nt examples/gen_state.rs ]; then
+    if [ -f "$STATE_5MB" ] && [ "$STATE_5MB" -nt scripts/bench/synth.rs ] && [ "$STATE_5MB" -nt scripts/bench/gen_state.rs ]; then
         return 0
     fi
     log "generating a 5 MB state -> ${STATE_5MB#"$ROOT"/}"
@@ -175,20 +175,20 @@ build_edgeflag() {
 
 build_baseline() {
     local stamp
-    stamp=$(inputs_hash bench/baseline/src bench/baseline/Cargo.toml bench/baseline/Cargo.lock)
-    if [ -f bench/baseline/build/worker/shim.mjs ] && { [ "$SKIP_BUILD" = 1 ] || [ "$(cat "$SCRATCH/baseline.stamp" 2>/dev/null)" = "$stamp" ]; }; then
+    stamp=$(inputs_hash scripts/bench/baseline/src scripts/bench/baseline/Cargo.toml scripts/bench/baseline/Cargo.lock)
+    if [ -f scripts/bench/baseline/build/worker/shim.mjs ] && { [ "$SKIP_BUILD" = 1 ] || [ "$(cat "$SCRATCH/baseline.stamp" 2>/dev/null)" = "$stamp" ]; }; then
         return 0
     fi
-    [ "$SKIP_BUILD" = 1 ] && die "SKIP_BUILD=1 but bench/baseline/build has no bundle"
+    [ "$SKIP_BUILD" = 1 ] && die "SKIP_BUILD=1 but scripts/bench/baseline/build has no bundle"
     # One wasm-bindgen CLI (Cargo.lock's version, from setup.sh) builds both.
     local ours theirs
     ours=$(lock_version wasm-bindgen Cargo.lock)
-    theirs=$(lock_version wasm-bindgen bench/baseline/Cargo.lock)
-    [ "$ours" = "$theirs" ] || die "wasm-bindgen is $ours in Cargo.lock but $theirs in bench/baseline/Cargo.lock;" \
-        "run: (cd bench/baseline && cargo update -p wasm-bindgen --precise $ours)"
+    theirs=$(lock_version wasm-bindgen scripts/bench/baseline/Cargo.lock)
+    [ "$ours" = "$theirs" ] || die "wasm-bindgen is $ours in Cargo.lock but $theirs in scripts/bench/baseline/Cargo.lock;" \
+        "run: (cd scripts/bench/baseline && cargo update -p wasm-bindgen --precise $ours)"
     ensure_tools
-    log "building bench/baseline with worker-build (wasm-bindgen: $WASM_BINDGEN_BIN)"
-    (cd bench/baseline && "$WORKER_BUILD_BIN" --release >&2)
+    log "building scripts/bench/baseline with worker-build (wasm-bindgen: $WASM_BINDGEN_BIN)"
+    (cd scripts/bench/baseline && "$WORKER_BUILD_BIN" --release >&2)
     echo "$stamp" >"$SCRATCH/baseline.stamp"
 }
 
@@ -213,7 +213,7 @@ DEMO_SECRET=demo-secret
 DEMO_FLAG=flags/welcome-banner
 target_config() { # NAME -> "CONFIG SCRIPT"
     case $1 in
-        baseline) echo "bench/baseline/wrangler.toml bench/baseline/build/worker/shim.mjs" ;;
+        baseline) echo "scripts/bench/baseline/wrangler.toml scripts/bench/baseline/build/worker/shim.mjs" ;;
         edgeflag-demo) echo "wrangler.toml $SCRATCH/worker-demo/build/worker/shim.mjs" ;;
         edgeflag-5mb) echo "wrangler.toml $SCRATCH/worker-5mb/build/worker/shim.mjs" ;;
         *) die "unknown target $1" ;;
@@ -403,7 +403,7 @@ bench_size() {
     local label dir wasm js_raw js_gz f
     for label in "edgeflag (demo state):$SCRATCH/worker-demo/build" \
         "edgeflag (5 MB state):$SCRATCH/worker-5mb/build" \
-        "baseline:bench/baseline/build"; do
+        "baseline:scripts/bench/baseline/build"; do
         dir=${label#*:}
         wasm=$dir/index_bg.wasm
         [ -f "$wasm" ] || {

@@ -6,7 +6,7 @@
 //! - resolve throughput for 1, 10 and all of a client's flags per request,
 //!   on the conformance, demo and large synthetic states (≥1,000 flags, 200
 //!   segments with full-size bitsets, 5 clients; built in-process by the
-//!   same generator as `examples/gen_state.rs`);
+//!   same generator as `scripts/bench/gen_state.rs`);
 //! - JSON request parsing and response writing per request, and the three
 //!   together (what a Worker does per request apart from I/O).
 //!
@@ -16,7 +16,7 @@
 //! `BENCH_FILTER` or the first free argument (only rows whose state label
 //! contains it).
 
-#[path = "../bench/synth.rs"]
+#[path = "synth.rs"]
 mod synth;
 
 use edgeflag::api;

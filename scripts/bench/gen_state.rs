@@ -1,5 +1,5 @@
 //! Writes a large synthetic resolver state for benchmarks and cold-start
-//! tests (see `bench/synth.rs` for its shape).
+//! tests (see `scripts/bench/synth.rs` for its shape).
 //!
 //! ```text
 //! cargo run --release --example gen_state -- --flags 1000 --segments 200 --clients 5 \
@@ -11,7 +11,7 @@
 //! `bench-secret-0` .. `bench-secret-<clients-1>`. The state is loaded with
 //! `Snapshot::load` before it is written, so a file on disk always loads.
 
-#[path = "../bench/synth.rs"]
+#[path = "synth.rs"]
 mod synth;
 
 use edgeflag::state::formats::{encode_envelope, encode_pb, StateFormat};
