@@ -394,7 +394,8 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
             self.note(|| match found {
                 Some(i) => format!(
                     "  {rname}: bucket {b} of {} -> assignment {:?}",
-                    entry.bucket_count, spec.assignments[i].assignment_id
+                    entry.bucket_count,
+                    spec.assignments.get(i).map(|a| a.assignment_id.as_str()).unwrap_or("")
                 ),
                 None => format!("  {rname}: bucket {b} of {} falls in no assignment's range", entry.bucket_count),
             });
@@ -578,7 +579,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
             .collect();
         match candidates.len() {
             0 => None,
-            1 => Some(candidates[0]),
+            1 => candidates.first().copied(),
             _ => {
                 let _ = segment;
                 let b = hash::bucket(&entry.segment_id, unit, entry.bucket_count);

@@ -419,11 +419,13 @@ fn compile_flag(
                 assignments.push(kind);
             }
         }
-        let full_rollout = spec.is_some_and(|s| {
-            s.assignments.len() == 1
-                && s.assignments[0].bucket_ranges.len() == 1
-                && s.assignments[0].bucket_ranges[0].lower == 0
-                && s.assignments[0].bucket_ranges[0].upper == s.bucket_count
+        // Exactly one assignment with exactly one range covering every bucket.
+        let full_rollout = spec.is_some_and(|s| match (s.assignments.as_slice(), s.assignments.first()) {
+            ([_], Some(a)) => match a.bucket_ranges.as_slice() {
+                [r] => r.lower == 0 && r.upper == s.bucket_count,
+                _ => false,
+            },
+            _ => false,
         });
         rules.push(RuleEntry {
             segment_id: rule.segment.split('/').nth(1).unwrap_or("").to_string(),

@@ -211,3 +211,74 @@ fn bound(v: &targeting::Value, elem: &Value, ok: impl Fn(Ordering) -> bool) -> b
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::types::targeting::{criterion::attribute_criterion::Rule, EqRule, RangeRule, SetRule};
+
+    fn ctx(json: &str) -> Struct {
+        serde_json::from_str(json).expect("context json")
+    }
+
+    fn tv(kind: TKind) -> targeting::Value {
+        targeting::Value { value: Some(kind) }
+    }
+
+    fn crit(attr: &str, rule: Rule) -> AttributeCriterion {
+        AttributeCriterion { attribute_name: attr.to_string(), rule: Some(rule) }
+    }
+
+    fn eq(attr: &str, kind: TKind) -> AttributeCriterion {
+        crit(attr, Rule::EqRule(EqRule { value: Some(tv(kind)) }))
+    }
+
+    #[test]
+    fn coercion_to_the_rule_type() {
+        // Numbers compare with numeric strings, strings with numbers' shortest form.
+        assert_eq!(attribute_matches(&eq("n", TKind::NumberValue(5.0)), &ctx(r#"{"n": "5"}"#)), Ok(true));
+        assert_eq!(attribute_matches(&eq("n", TKind::NumberValue(5.0)), &ctx(r#"{"n": " 5"}"#)), Ok(false));
+        assert_eq!(attribute_matches(&eq("s", TKind::StringValue("123".into())), &ctx(r#"{"s": 123}"#)), Ok(true));
+        // Booleans accept "true"/"TRUE" only.
+        assert_eq!(attribute_matches(&eq("b", TKind::BoolValue(true)), &ctx(r#"{"b": "TRUE"}"#)), Ok(true));
+        assert_eq!(attribute_matches(&eq("b", TKind::BoolValue(true)), &ctx(r#"{"b": "True"}"#)), Ok(false));
+        // Timestamps from epoch seconds or milliseconds, and from strings.
+        let ts = TKind::TimestampValue(crate::proto::wkt::Timestamp { seconds: 1704164645, nanos: 0 });
+        assert_eq!(attribute_matches(&eq("t", ts.clone()), &ctx(r#"{"t": 1704164645}"#)), Ok(true));
+        assert_eq!(attribute_matches(&eq("t", ts.clone()), &ctx(r#"{"t": 1704164645000}"#)), Ok(true));
+        assert_eq!(attribute_matches(&eq("t", ts), &ctx(r#"{"t": "2024-01-02T03:04:05Z"}"#)), Ok(true));
+        // Versions: equality as written, ranges by parsed value.
+        let v = |s: &str| TKind::VersionValue(targeting::SemanticVersion { version: s.into() });
+        assert_eq!(attribute_matches(&eq("v", v("1.0")), &ctx(r#"{"v": "1.0.0"}"#)), Ok(false));
+        let range = crit(
+            "v",
+            Rule::RangeRule(RangeRule { start: Some(range_rule::Start::StartInclusive(tv(v("1.0")))), end: None }),
+        );
+        assert_eq!(attribute_matches(&range, &ctx(r#"{"v": "1.0.0"}"#)), Ok(true));
+    }
+
+    #[test]
+    fn unparsable_values_fail_only_their_comparison() {
+        let range = crit(
+            "xs",
+            Rule::RangeRule(RangeRule {
+                start: Some(range_rule::Start::StartInclusive(tv(TKind::NumberValue(0.0)))),
+                end: Some(range_rule::End::EndInclusive(tv(TKind::NumberValue(100.0)))),
+            }),
+        );
+        assert_eq!(attribute_matches(&range, &ctx(r#"{"xs": ["abc", 50]}"#)), Ok(true));
+        assert_eq!(attribute_matches(&range, &ctx(r#"{"xs": "abc"}"#)), Ok(false));
+    }
+
+    #[test]
+    fn dotted_paths_and_null() {
+        let c = ctx(r#"{"user": {"id": "u1", "tags": null}, "user.id": "flat"}"#);
+        assert_eq!(attribute_matches(&eq("user.id", TKind::StringValue("u1".into())), &c), Ok(true));
+        let is_null = crit("user.tags", Rule::EqRule(EqRule { value: Some(targeting::Value { value: None }) }));
+        assert_eq!(attribute_matches(&is_null, &c), Ok(true));
+        let empty_set = crit("user.id", Rule::SetRule(SetRule { values: vec![] }));
+        assert_eq!(attribute_matches(&empty_set, &c), Ok(false));
+        let no_value = crit("user.id", Rule::EqRule(EqRule { value: None }));
+        assert_eq!(attribute_matches(&no_value, &c), Err(EvalError::Unrecognized));
+    }
+}
