@@ -65,12 +65,17 @@ async fn resolve_inner(body: Vec<u8>, call: &Call<'_>, started: f64) -> Result<:
     let apply = runtime::force_apply(call.env) || req.apply;
     let context = req.evaluation_context.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Struct::default));
     let request = resolve::Request { flags: &req.flags, context, client_secret: &req.client_secret };
-    let kv = call.env.kv("MATERIALIZATIONS_KV").ok();
+    let sticky = runtime::sticky_bound(call.env);
 
     // Discovery pass: if no flag needs a sticky read, it is final.
-    let mode = if kv.is_some() { Sticky::Discover } else { Sticky::Unsupported };
+    let mode = if sticky { Sticky::Discover } else { Sticky::Unsupported };
     let first = resolve::resolve(&snap, &request, mode, None)?;
     let known;
+    let kv = if sticky && (first.needs_reads() || !first.writes.is_empty()) {
+        call.env.kv("MATERIALIZATIONS_KV").ok()
+    } else {
+        None
+    };
     let res = match (&kv, first.needs_reads()) {
         (Some(kv), true) => {
             let reads = first.reads.reads.clone();

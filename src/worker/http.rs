@@ -176,7 +176,22 @@ pub async fn read_body(req: &Request, limit: usize) -> Result<Vec<u8>, ApiError>
     if let Ok(Some(cl)) = req.headers().get("Content-Length") {
         match cl.trim().parse::<u64>() {
             Ok(n) if n > limit as u64 => return Err(payload_too_large(Some(n))),
-            Ok(_) => {}
+            // The common case: a declared size within the limit is read in
+            // one call instead of chunk by chunk (each chunk is a JS await).
+            Ok(_) => {
+                let promise = req
+                    .inner()
+                    .array_buffer()
+                    .map_err(|e| ApiError::bad_request(format!("cannot read request body: {}", js_text(&e))))?;
+                let buf = JsFuture::from(promise)
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("cannot read request body: {}", js_text(&e))))?;
+                let bytes = Uint8Array::new(&buf);
+                if bytes.length() as usize > limit {
+                    return Err(payload_too_large(Some(bytes.length() as u64)));
+                }
+                return Ok(bytes.to_vec());
+            }
             Err(_) => return Err(ApiError::bad_request("invalid Content-Length header")),
         }
     }

@@ -9,8 +9,35 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use wasm_bindgen::JsCast;
 
-/// Fills `buf` from `crypto.getRandomValues` (a CSPRNG).
+thread_local! {
+    /// CSPRNG output fetched ahead, so a resolve does not cross into
+    /// JavaScript for its resolve id and nonce.
+    static POOL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+const POOL_REFILL: usize = 4096;
+
+/// Fills `buf` with bytes from `crypto.getRandomValues`, drawn in blocks.
 pub fn random_bytes(buf: &mut [u8]) -> Result<(), ApiError> {
+    if buf.len() > POOL_REFILL {
+        return fill_from_crypto(buf);
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < buf.len() {
+            let mut fresh = vec![0u8; POOL_REFILL];
+            fill_from_crypto(&mut fresh)?;
+            *pool = fresh;
+        }
+        let at = pool.len() - buf.len();
+        buf.copy_from_slice(&pool[at..]);
+        // Each byte is handed out once.
+        pool.truncate(at);
+        Ok(())
+    })
+}
+
+fn fill_from_crypto(buf: &mut [u8]) -> Result<(), ApiError> {
     let fail = |what: &str| ApiError::new(500, "INTERNAL", format!("no secure randomness available: {what}"));
     let global = js_sys::global();
     let crypto = js_sys::Reflect::get(&global, &"crypto".into()).map_err(|_| fail("no crypto"))?;
@@ -47,6 +74,24 @@ pub fn config(env: &Env, name: &str) -> Option<String> {
 /// `FORCE_APPLY`: on unless it is exactly `false` (any case, trimmed).
 pub fn force_apply(env: &Env) -> bool {
     !config(env, "FORCE_APPLY").is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+}
+
+thread_local! {
+    /// Whether the sticky-assignment KV is bound; bindings do not change
+    /// within an isolate, so this is asked once.
+    static STICKY_BOUND: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Is `MATERIALIZATIONS_KV` bound? (Cheap after the first call.)
+pub fn sticky_bound(env: &Env) -> bool {
+    STICKY_BOUND.with(|c| match c.get() {
+        Some(b) => b,
+        None => {
+            let b = env.kv("MATERIALIZATIONS_KV").is_ok();
+            c.set(Some(b));
+            b
+        }
+    })
 }
 
 /// `MATERIALIZATION_TTL_SECONDS`: how long sticky assignments live in KV.
