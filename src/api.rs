@@ -79,6 +79,10 @@ fn without_top_level_nulls(body: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn parse_typed<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    // Tracking the path costs on every request; only an error needs it.
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
