@@ -9,7 +9,7 @@ use super::{runtime, sticky_kv, Call};
 use crate::api::{self, ApiError};
 use crate::exposure;
 use crate::proto::wkt::Struct;
-use crate::resolve::{self, sticky::Sticky, Resolution};
+use crate::resolve::{self, sticky::Sticky};
 use crate::state::embedded;
 use crate::state::live::LiveState;
 use crate::state::snapshot::Snapshot;
@@ -24,11 +24,12 @@ static STATE: LiveState = LiveState::new();
 pub fn snapshot() -> Result<Arc<Snapshot>, ApiError> {
     STATE
         .get_or_load(|| {
+            let (ok, failed) = STATE.load_counts();
+            let n = ok + failed + 1;
             let result = embedded::load();
             match &result {
                 Ok(s) => ::worker::console_log!(
-                    "edgeflag: state load #{}: {} ({}, {} bytes, {} flags, {} segments, etag {})",
-                    STATE.load_counts().0 + STATE.load_counts().1 + 1,
+                    "edgeflag: state load #{n}: {} ({}, {} bytes, {} flags, {} segments, etag {})",
                     embedded::EMBEDDED_SOURCE,
                     s.format,
                     s.stats.bytes,
@@ -36,11 +37,9 @@ pub fn snapshot() -> Result<Arc<Snapshot>, ApiError> {
                     s.stats.segments,
                     s.etag
                 ),
-                Err(e) => ::worker::console_error!(
-                    "edgeflag: state load #{}: {} rejected: {e}",
-                    STATE.load_counts().0 + STATE.load_counts().1 + 1,
-                    embedded::EMBEDDED_SOURCE
-                ),
+                Err(e) => {
+                    ::worker::console_error!("edgeflag: state load #{n}: {} rejected: {e}", embedded::EMBEDDED_SOURCE)
+                }
             }
             result
         })
@@ -78,8 +77,7 @@ async fn resolve_inner(body: Vec<u8>, call: &Call<'_>, started: f64) -> Result<:
     };
     let res = match (&kv, first.needs_reads()) {
         (Some(kv), true) => {
-            let reads = first.reads.reads.clone();
-            drop(first);
+            let reads = first.reads.reads;
             let (set, failed) = sticky_kv::read(kv, &reads).await;
             if failed > 0 {
                 ::worker::console_warn!("edgeflag: {failed} sticky reads failed; resolved as absent");
@@ -112,17 +110,13 @@ async fn resolve_inner(body: Vec<u8>, call: &Call<'_>, started: f64) -> Result<:
     super::telemetry::resolved(&snap, &res, context, assigned, now - started);
     let mut out = Vec::with_capacity(256 + 192 * res.flags.len());
     api::write_resolve_response(&mut out, &res, &resolve_id, token.as_deref(), None);
-    let writes = take_writes(res);
+    let writes = res.writes;
 
     if let (Some(kv), false) = (kv, writes.is_empty()) {
         let ttl = runtime::sticky_ttl(call.env);
         call.ctx.wait_until(sticky_kv::write(kv, writes, ttl));
     }
     json_response(200, out)
-}
-
-fn take_writes(res: Resolution<'_, '_>) -> Vec<crate::resolve::sticky::Record> {
-    res.writes
 }
 
 pub async fn apply(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response, ApiError> {
