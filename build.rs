@@ -16,6 +16,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = prost_build::Config::new();
     config.prost_types_path("::pbjson_types");
+    // Shared buffers for the two large byte fields, so a state decoded from
+    // a `Bytes` (the embedded one is static) slices instead of copying.
+    config.bytes([
+        ".confidence.flags.admin.v1.ClientResolverState.state",
+        ".confidence.flags.admin.v1.ResolverState.PackedBitset.gzipped_bitset",
+    ]);
     config.compile_fds(fds)?;
 
     pbjson_build::Builder::new()

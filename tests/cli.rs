@@ -207,8 +207,10 @@ fn validate_lists_every_problem_of_a_protobuf_state() {
         .expect("the shared state has a gzipped bitset");
     let segment = packed.segment.clone();
     let Some(packed_bitset::Bitset::GzippedBitset(gz)) = packed.bitset.as_mut() else { unreachable!() };
-    let crc_at = gz.len() - 8;
-    gz[crc_at] ^= 0xFF;
+    let mut bytes = gz.to_vec();
+    let crc_at = bytes.len() - 8;
+    bytes[crc_at] ^= 0xFF;
+    *gz = bytes.into();
     // 2: an assignment naming a variant the flag lacks.
     let flag = state.flags.first_mut().unwrap();
     let flag_name = flag.name.clone();

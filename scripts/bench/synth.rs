@@ -202,7 +202,9 @@ impl Builder {
         });
         let gz = self.bitset().to_gzip();
         self.summary.gzipped_bitset_bytes += gz.len();
-        self.state.bitsets.push(PackedBitset { segment: name, bitset: Some(packed_bitset::Bitset::GzippedBitset(gz)) });
+        self.state
+            .bitsets
+            .push(PackedBitset { segment: name, bitset: Some(packed_bitset::Bitset::GzippedBitset(gz.into())) });
     }
 
     /// About half the bits set: mostly noise (gzip cannot shrink it) with

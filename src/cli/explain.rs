@@ -372,7 +372,7 @@ fn targeting_hints(snap: &Snapshot, segment: &str, ctx: &Struct) -> Vec<String> 
 /// says only "targeting or bitset".
 fn bitset_hint(snap: &Snapshot, rule: &flag::Rule, ctx: &Struct) -> Option<String> {
     let seg = snap.segments.get(&rule.segment)?;
-    Some(match (&seg.bitset, unit_of(ctx, rule)) {
+    Some(match (seg.bitset(), unit_of(ctx, rule)) {
         (None, _) => "its bitset allocates every bucket, so the targeting excluded the unit".to_string(),
         (Some(bits), Some(unit)) => {
             let b = hash::bucket(&snap.bitset_salt, &unit, hash::SEGMENT_BUCKETS);

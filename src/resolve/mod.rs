@@ -512,7 +512,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         if targeted == Tri::False || !with_bitset {
             return Ok(targeted);
         }
-        let Some(bits) = seg.bitset.as_ref() else {
+        let Some(bits) = seg.bitset() else {
             return Ok(targeted);
         };
         let allocated = match unit {

@@ -2,6 +2,9 @@
 
 use std::fmt;
 use std::io::Write;
+use std::sync::OnceLock;
+
+use prost::bytes::Bytes;
 
 use flate2::{Compression, Crc, Decompress, FlushDecompress, Status};
 
@@ -112,6 +115,9 @@ pub struct Bitset {
 }
 
 impl Bitset {
+    /// No bits: allocates no bucket.
+    pub const EMPTY: Bitset = Bitset { bytes: Vec::new(), len_bits: 0, all_set: false };
+
     fn new(bytes: Vec<u8>, len_bits: usize) -> Self {
         let whole = len_bits / 8;
         let all_set = len_bits > 0
@@ -189,6 +195,40 @@ impl Bitset {
 
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// A gzipped bitset inflated when first read. Only for bytes that already
+/// passed [`Bitset::from_gzip`] (the build validates an embedded state), so
+/// an isolate's first request does not pay for inflating every segment.
+#[derive(Debug)]
+pub struct DeferredBitset {
+    gzip: Bytes,
+    bits: OnceLock<Result<Bitset, BitsetError>>,
+}
+
+impl DeferredBitset {
+    pub fn new(gzip: Bytes) -> Self {
+        DeferredBitset { gzip, bits: OnceLock::new() }
+    }
+
+    /// Bits the trailer's ISIZE promises, without inflating.
+    pub fn declared_len_bits(&self) -> Option<usize> {
+        let n = self.gzip.len();
+        let isize = self.gzip.get(n.checked_sub(4)?..)?;
+        let mut w = [0u8; 4];
+        w.copy_from_slice(isize);
+        usize::try_from(u32::from_le_bytes(w)).ok()?.checked_mul(8)
+    }
+
+    /// Inflates on the first call; later calls return the same result.
+    pub fn get(&self) -> Result<&Bitset, &BitsetError> {
+        self.bits.get_or_init(|| Bitset::from_gzip(&self.gzip)).as_ref()
+    }
+
+    /// The inflate error, if the bitset was read and failed.
+    pub fn failure(&self) -> Option<&BitsetError> {
+        self.bits.get().and_then(|r| r.as_ref().err())
     }
 }
 

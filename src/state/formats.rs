@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use prost::bytes::Bytes;
 use prost::Message;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -111,34 +112,72 @@ pub fn normalize_account(s: &str) -> String {
 }
 
 pub fn detect_format(bytes: &[u8]) -> StateFormat {
-    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    match text.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => detect_json(text),
-        _ if looks_like_envelope(bytes) => StateFormat::Envelope,
-        _ => StateFormat::Protobuf,
+    match json_start(bytes) {
+        Some(text) => detect_json(text),
+        None if decode_envelope(Bytes::copy_from_slice(bytes)).is_some() => StateFormat::Envelope,
+        None => StateFormat::Protobuf,
     }
 }
 
+/// The text after a BOM when the input is a JSON object.
+fn json_start(bytes: &[u8]) -> Option<&[u8]> {
+    let text = strip_bom(bytes);
+    (text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')).then_some(text)
+}
+
 pub fn decode(bytes: &[u8], format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
-    let format = format.unwrap_or_else(|| detect_format(bytes));
-    let bare = |state| DecodedState { state, account_id: None, log_destinations: Vec::new(), format };
     match format {
-        StateFormat::Protobuf => ResolverState::decode(bytes).map(bare).map_err(FormatError::Protobuf),
+        Some(StateFormat::ProtoJson | StateFormat::SuiteJson) => decode_shared(Bytes::new(), bytes, format),
+        None if json_start(bytes).is_some() => decode_shared(Bytes::new(), bytes, format),
+        _ => {
+            let shared = Bytes::copy_from_slice(bytes);
+            decode_shared(shared.clone(), &shared, format)
+        }
+    }
+}
+
+/// Decodes a state held in a shared buffer: the protobuf byte fields (an
+/// envelope's state, gzipped bitsets) then slice it instead of copying,
+/// which matters for the static embedded state in a cold isolate.
+pub fn decode_static(bytes: &'static [u8], format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
+    decode_shared(Bytes::from_static(bytes), bytes, format)
+}
+
+/// `shared` holds `bytes` for the binary formats and may be empty for JSON.
+fn decode_shared(shared: Bytes, bytes: &[u8], format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
+    let bare = |state, format| DecodedState { state, account_id: None, log_destinations: Vec::new(), format };
+    let format = match format {
+        Some(f) => f,
+        None => match json_start(bytes) {
+            Some(text) => detect_json(text),
+            // Detecting an envelope decodes it; keep that work.
+            None => match decode_envelope(shared.clone()) {
+                Some(decoded) => return Ok(decoded),
+                None => StateFormat::Protobuf,
+            },
+        },
+    };
+    match format {
+        StateFormat::Protobuf => ResolverState::decode(shared).map(|s| bare(s, format)).map_err(FormatError::Protobuf),
         StateFormat::Envelope => {
-            let env = ClientResolverState::decode(bytes).map_err(FormatError::Envelope)?;
-            let state = ResolverState::decode(env.state.as_slice()).map_err(FormatError::EnvelopeState)?;
-            let account = normalize_account(&env.account);
-            Ok(DecodedState {
-                state,
-                account_id: (!account.is_empty()).then_some(account),
-                log_destinations: env.log_destinations,
-                format,
-            })
+            let env = ClientResolverState::decode(shared).map_err(FormatError::Envelope)?;
+            let state = ResolverState::decode(env.state).map_err(FormatError::EnvelopeState)?;
+            Ok(envelope_state(state, &env.account, env.log_destinations))
         }
-        StateFormat::ProtoJson => {
-            serde_json::from_slice::<ResolverState>(strip_bom(bytes)).map(bare).map_err(FormatError::ProtoJson)
-        }
+        StateFormat::ProtoJson => serde_json::from_slice::<ResolverState>(strip_bom(bytes))
+            .map(|s| bare(s, format))
+            .map_err(FormatError::ProtoJson),
         StateFormat::SuiteJson => decode_suite(bytes),
+    }
+}
+
+fn envelope_state(state: ResolverState, account: &str, log_destinations: Vec<i32>) -> DecodedState {
+    let account = normalize_account(account);
+    DecodedState {
+        state,
+        account_id: (!account.is_empty()).then_some(account),
+        log_destinations,
+        format: StateFormat::Envelope,
     }
 }
 
@@ -148,7 +187,7 @@ pub fn encode_pb(state: &admin::ResolverState) -> Vec<u8> {
 
 pub fn encode_envelope(state: &admin::ResolverState, account_id: &str, log_destinations: &[i32]) -> Vec<u8> {
     ClientResolverState {
-        state: state.encode_to_vec(),
+        state: state.encode_to_vec().into(),
         account: normalize_account(account_id),
         log_destinations: log_destinations.to_vec(),
     }
@@ -168,17 +207,18 @@ fn strip_bom(bytes: &[u8]) -> &[u8] {
 /// An envelope has only fields 1 (bytes), 2 (string) and 4 (enum); a bare
 /// `ResolverState` can masquerade as one on the wire (its fields 1 and 2
 /// are also length-delimited), so besides a full decode we demand a clean
-/// field set and an account id that reads like an id.
-fn looks_like_envelope(bytes: &[u8]) -> bool {
-    if !only_envelope_fields(bytes) {
-        return false;
+/// field set and an account id that reads like an id. The decoded envelope
+/// when the bytes are one.
+fn decode_envelope(bytes: Bytes) -> Option<DecodedState> {
+    if !only_envelope_fields(&bytes) {
+        return None;
     }
-    let Ok(env) = ClientResolverState::decode(bytes) else {
-        return false;
-    };
-    !env.account.is_empty()
-        && !env.account.chars().any(char::is_control)
-        && ResolverState::decode(env.state.as_slice()).is_ok()
+    let env = ClientResolverState::decode(bytes).ok()?;
+    if env.account.is_empty() || env.account.chars().any(char::is_control) {
+        return None;
+    }
+    let state = ResolverState::decode(env.state).ok()?;
+    Some(envelope_state(state, &env.account, env.log_destinations))
 }
 
 fn only_envelope_fields(mut buf: &[u8]) -> bool {
@@ -435,7 +475,7 @@ fn suite_bitset(key: &str, v: &Value) -> Result<PackedBitset, FormatError> {
                 indices.push(idx);
             }
             let bits = Bitset::from_set_bits(BUCKETS, indices).map_err(|e| suite_err(path(), e))?;
-            packed_bitset::Bitset::GzippedBitset(bits.to_gzip())
+            packed_bitset::Bitset::GzippedBitset(bits.to_gzip().into())
         }
         other => {
             return Err(suite_err(

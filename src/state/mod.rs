@@ -1,6 +1,6 @@
 pub mod bitset;
 pub mod bloom;
-pub mod formats;
-pub mod snapshot;
 pub mod embedded;
+pub mod formats;
 pub mod live;
+pub mod snapshot;

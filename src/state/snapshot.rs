@@ -2,7 +2,7 @@
 //! per state (never per request) and swapped whole, so a request sees one
 //! consistent state from start to finish.
 
-use super::bitset::{Bitset, BUCKETS};
+use super::bitset::{Bitset, BitsetError, DeferredBitset, BUCKETS};
 use super::bloom::BloomFilter;
 use super::formats::{self, StateFormat};
 use crate::proto::admin::{self, flag, resolver_state::packed_bitset};
@@ -50,9 +50,8 @@ pub struct Credential {
 #[derive(Debug)]
 pub struct VariantEntry {
     pub name: String,
-    /// The value with schema fields it lacks filled with null.
-    pub value: Struct,
-    /// `value` as JSON, written once here instead of on every resolve.
+    /// The value, with the schema fields it lacks filled with null, as
+    /// JSON: written once here instead of on every resolve.
     pub value_json: String,
 }
 
@@ -97,8 +96,54 @@ impl FlagEntry {
 #[derive(Debug)]
 pub struct SegmentEntry {
     pub proto: admin::Segment,
-    /// `None` means every bucket is allocated.
-    pub bitset: Option<Bitset>,
+    bits: Bits,
+}
+
+#[derive(Debug)]
+enum Bits {
+    /// No bitset, or `full_bitset`: every bucket is allocated.
+    All,
+    Ready(Bitset),
+    Deferred(DeferredBitset),
+}
+
+impl SegmentEntry {
+    /// The allocation bitset; `None` when every bucket is allocated. A
+    /// deferred bitset that fails to inflate allocates nothing (fail closed);
+    /// it was validated before serving, so that takes corrupted memory.
+    pub fn bitset(&self) -> Option<&Bitset> {
+        match &self.bits {
+            Bits::All => None,
+            Bits::Ready(b) => Some(b),
+            Bits::Deferred(d) => Some(d.get().unwrap_or(&UNREADABLE)),
+        }
+    }
+}
+
+static UNREADABLE: Bitset = Bitset::EMPTY;
+
+/// When the gzipped segment bitsets are inflated and checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BitsetCheck {
+    /// At load: every gzip header, CRC and size is checked before serving.
+    #[default]
+    Eager,
+    /// On first read of each segment. Only for bytes that passed an eager
+    /// load before (the build validates the embedded state that way).
+    Deferred,
+}
+
+/// How [`Snapshot::load_with`] reads a state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions<'a> {
+    /// `None` detects the format.
+    pub format: Option<StateFormat>,
+    /// Names the account when the format carries none.
+    pub account: Option<&'a str>,
+    /// The etag of `bytes` when already known (the build computes the
+    /// embedded state's), saving a pass over them.
+    pub etag: Option<&'a str>,
+    pub bitsets: BitsetCheck,
 }
 
 /// Counts for `edgeflag validate` and the load log.
@@ -140,8 +185,26 @@ impl Snapshot {
     /// Decodes, validates and indexes a state in any accepted format.
     /// `account` names the account when the format carries none.
     pub fn load(bytes: &[u8], format: Option<StateFormat>, account: Option<&str>) -> Result<Snapshot, LoadError> {
-        let decoded = formats::decode(bytes, format).map_err(|e| LoadError { problems: vec![e.to_string()] })?;
-        let account_id = match (account, decoded.account_id.as_deref()) {
+        Self::load_with(bytes, LoadOptions { format, account, ..LoadOptions::default() })
+    }
+
+    pub fn load_with(bytes: &[u8], opts: LoadOptions<'_>) -> Result<Snapshot, LoadError> {
+        Self::from_decoded(formats::decode(bytes, opts.format), bytes, opts)
+    }
+
+    /// As [`Snapshot::load_with`], borrowing byte fields from `bytes`
+    /// instead of copying them.
+    pub fn load_static(bytes: &'static [u8], opts: LoadOptions<'_>) -> Result<Snapshot, LoadError> {
+        Self::from_decoded(formats::decode_static(bytes, opts.format), bytes, opts)
+    }
+
+    fn from_decoded(
+        decoded: Result<formats::DecodedState, formats::FormatError>,
+        bytes: &[u8],
+        opts: LoadOptions<'_>,
+    ) -> Result<Snapshot, LoadError> {
+        let decoded = decoded.map_err(|e| LoadError { problems: vec![e.to_string()] })?;
+        let account_id = match (opts.account, decoded.account_id.as_deref()) {
             (Some(a), _) => formats::normalize_account(a),
             (None, Some(a)) => a.to_string(),
             (None, None) => {
@@ -153,8 +216,8 @@ impl Snapshot {
                 })
             }
         };
-        let mut snap = Snapshot::compile(decoded.state, &account_id, decoded.log_destinations)?;
-        snap.etag = etag_of(bytes);
+        let mut snap = Snapshot::compile_with(decoded.state, &account_id, decoded.log_destinations, opts.bitsets)?;
+        snap.etag = opts.etag.map_or_else(|| etag_of(bytes), str::to_string);
         snap.format = decoded.format;
         snap.stats.bytes = bytes.len();
         Ok(snap)
@@ -165,6 +228,15 @@ impl Snapshot {
         state: admin::ResolverState,
         account_id: &str,
         log_destinations: Vec<i32>,
+    ) -> Result<Snapshot, LoadError> {
+        Self::compile_with(state, account_id, log_destinations, BitsetCheck::Eager)
+    }
+
+    pub fn compile_with(
+        state: admin::ResolverState,
+        account_id: &str,
+        log_destinations: Vec<i32>,
+        check: BitsetCheck,
     ) -> Result<Snapshot, LoadError> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
@@ -181,12 +253,12 @@ impl Snapshot {
                 problems.push(format!("segment {}: defined twice", seg.name));
                 continue;
             }
-            segments.insert(seg.name.clone(), SegmentEntry { proto: seg, bitset: None });
+            segments.insert(seg.name.clone(), SegmentEntry { proto: seg, bits: Bits::All });
         }
         stats.segments = segments.len();
         for packed in state.bitsets {
             let name = packed.segment;
-            let bitset = match packed.bitset {
+            let (bits, len_bits) = match packed.bitset {
                 None => continue,
                 Some(packed_bitset::Bitset::FullBitset(true)) => {
                     stats.full_bitsets += 1;
@@ -196,8 +268,16 @@ impl Snapshot {
                     problems.push(format!("bitset of {name}: full_bitset=false carries no bits"));
                     continue;
                 }
+                Some(packed_bitset::Bitset::GzippedBitset(data)) if check == BitsetCheck::Deferred => {
+                    let d = DeferredBitset::new(data);
+                    let len = d.declared_len_bits().unwrap_or(0);
+                    (Bits::Deferred(d), len)
+                }
                 Some(packed_bitset::Bitset::GzippedBitset(data)) => match Bitset::from_gzip(&data) {
-                    Ok(b) => b,
+                    Ok(b) => {
+                        let len = b.len_bits();
+                        (Bits::Ready(b), len)
+                    }
                     Err(e) => {
                         problems.push(format!("bitset of {name}: {e}"));
                         continue;
@@ -205,15 +285,14 @@ impl Snapshot {
                 },
             };
             stats.bitsets += 1;
-            if bitset.len_bits() < BUCKETS {
+            if len_bits < BUCKETS {
                 warnings.push(format!(
-                    "bitset of {name}: {} bits, fewer than {BUCKETS}; units beyond it never match",
-                    bitset.len_bits()
+                    "bitset of {name}: {len_bits} bits, fewer than {BUCKETS}; units beyond it never match"
                 ));
             }
             match segments.get_mut(&name) {
-                Some(seg) if seg.bitset.is_some() => problems.push(format!("bitset of {name}: given twice")),
-                Some(seg) => seg.bitset = Some(bitset),
+                Some(seg) if !matches!(seg.bits, Bits::All) => problems.push(format!("bitset of {name}: given twice")),
+                Some(seg) => seg.bits = bits,
                 None => warnings.push(format!("bitset of {name}: no such segment; ignored")),
             }
         }
@@ -317,6 +396,21 @@ impl Snapshot {
         })
     }
 
+    /// Deferred bitsets that failed to inflate when read, by segment: for
+    /// readiness reporting (they allocate nothing meanwhile).
+    pub fn bitset_failures(&self) -> Vec<(&str, &BitsetError)> {
+        let mut out: Vec<_> = self
+            .segments
+            .iter()
+            .filter_map(|(name, seg)| match &seg.bits {
+                Bits::Deferred(d) => d.failure().map(|e| (name.as_str(), e)),
+                _ => None,
+            })
+            .collect();
+        out.sort_by_key(|(name, _)| *name);
+        out
+    }
+
     pub fn credential(&self, secret: &str) -> Option<&Credential> {
         self.credentials.get(secret)
     }
@@ -354,25 +448,27 @@ fn compile_flag(
     if name.is_empty() {
         return Err(vec!["a flag has no name".to_string()]);
     }
+    let mut proto = proto;
     let schema = proto.schema.as_ref();
     let mut variants = Vec::with_capacity(proto.variants.len());
-    for v in &proto.variants {
+    for v in &mut proto.variants {
         if variants.iter().any(|e: &VariantEntry| e.name == v.name) {
             problems.push(format!("{name}: variant {} defined twice", v.name));
             continue;
         }
-        let mut value = v.value.clone().unwrap_or_default();
+        // Filled in place: the proto's value becomes the value served.
+        let value = v.value.get_or_insert_with(Struct::default);
         if let Some(s) = schema {
-            null_fill(&mut value, s, 0);
+            null_fill(value, s, 0);
         }
-        let value_json = match serde_json::to_string(&value) {
+        let value_json = match serde_json::to_string(value) {
             Ok(j) => j,
             Err(e) => {
                 problems.push(format!("{name}: variant {} value cannot be written as JSON: {e}", v.name));
                 continue;
             }
         };
-        variants.push(VariantEntry { name: v.name.clone(), value, value_json });
+        variants.push(VariantEntry { name: v.name.clone(), value_json });
     }
     let schema_json = match schema {
         Some(s) => match serde_json::to_string(s) {
@@ -458,5 +554,84 @@ fn null_fill(value: &mut Struct, schema: &flag_schema::StructFlagSchema, depth: 
             }
             Some(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::admin::resolver_state::PackedBitset;
+
+    /// Three segments: a sparse and a dense bitset, one short of BUCKETS.
+    fn state_with_bitsets(gzip_of_b: Option<Vec<u8>>) -> (admin::ResolverState, Vec<Bitset>) {
+        let bits = vec![
+            Bitset::from_set_bits(BUCKETS, (0..BUCKETS).step_by(7919)).unwrap(),
+            Bitset::from_set_bits(BUCKETS, (0..BUCKETS).filter(|i| i % 3 != 0)).unwrap(),
+            Bitset::from_set_bits(800, [1, 799]).unwrap(),
+        ];
+        let mut state = admin::ResolverState::default();
+        for (i, b) in bits.iter().enumerate() {
+            let name = format!("segments/s{i}");
+            state.segments_no_bitsets.push(admin::Segment { name: name.clone(), ..Default::default() });
+            let gz = match (i, &gzip_of_b) {
+                (1, Some(z)) => z.clone(),
+                _ => b.to_gzip(),
+            };
+            state
+                .bitsets
+                .push(PackedBitset { segment: name, bitset: Some(packed_bitset::Bitset::GzippedBitset(gz.into())) });
+        }
+        (state, bits)
+    }
+
+    #[test]
+    fn deferred_bitsets_read_the_same_bits_as_eager_ones() {
+        let (state, bits) = state_with_bitsets(None);
+        let bytes = formats::encode_envelope(&state, "acme", &[]);
+        let eager = Snapshot::load(&bytes, None, None).unwrap();
+        let opts = LoadOptions { bitsets: BitsetCheck::Deferred, ..LoadOptions::default() };
+        let deferred = Snapshot::load_with(&bytes, opts).unwrap();
+        assert_eq!(eager.stats, deferred.stats);
+        assert_eq!(eager.warnings, deferred.warnings, "the short bitset is reported from the gzip trailer");
+        assert_eq!(eager.warnings.len(), 1);
+        assert_eq!(eager.etag, deferred.etag);
+        for (i, want) in bits.iter().enumerate() {
+            let name = format!("segments/s{i}");
+            assert_eq!(eager.segments[&name].bitset(), Some(want));
+            assert!(matches!(deferred.segments[&name].bits, Bits::Deferred(_)));
+            assert_eq!(deferred.segments[&name].bitset(), Some(want), "{name}");
+        }
+        assert!(deferred.bitset_failures().is_empty());
+    }
+
+    #[test]
+    fn a_deferred_bitset_that_fails_to_inflate_allocates_nothing_and_is_reported() {
+        let (good, _) = state_with_bitsets(None);
+        let Some(packed_bitset::Bitset::GzippedBitset(z)) = &good.bitsets[1].bitset else { panic!("gzipped") };
+        let mut z = z.to_vec();
+        let mid = z.len() / 2;
+        z[mid] ^= 0x55;
+        let (state, _) = state_with_bitsets(Some(z));
+        let bytes = formats::encode_pb(&state);
+        let eager = Snapshot::load(&bytes, None, Some("acme")).unwrap_err();
+        assert!(eager.problems.iter().any(|p| p.starts_with("bitset of segments/s1:")), "{eager}");
+
+        let opts = LoadOptions { account: Some("acme"), bitsets: BitsetCheck::Deferred, ..LoadOptions::default() };
+        let snap = Snapshot::load_with(&bytes, opts).unwrap();
+        let seg = &snap.segments["segments/s1"];
+        let b = seg.bitset().expect("a bitset, not 'every bucket'");
+        assert!(!b.all_set() && (0..BUCKETS).step_by(997).all(|i| !b.get(i)), "fails closed");
+        let failures = snap.bitset_failures();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].0, "segments/s1");
+    }
+
+    #[test]
+    fn a_known_etag_is_used_as_given() {
+        let (state, _) = state_with_bitsets(None);
+        let bytes = formats::encode_envelope(&state, "acme", &[]);
+        let opts = LoadOptions { etag: Some("0123"), ..LoadOptions::default() };
+        assert_eq!(Snapshot::load_with(&bytes, opts).unwrap().etag, "0123");
+        assert_eq!(Snapshot::load(&bytes, None, None).unwrap().etag, etag_of(&bytes));
     }
 }
