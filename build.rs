@@ -36,13 +36,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The worker serves a state compiled into it: `EDGEFLAG_STATE` (any format
-/// the CLI accepts, relative to the crate root) or the demo state. Its
-/// bytes are embedded as they are; the worker validates them when the
-/// isolate first needs them, and scripts/build-worker.sh validates them
-/// with `edgeflag validate` before building.
+/// the CLI accepts, relative to the crate root) or the demo state, embedded
+/// as it is. Its etag is computed here, so the isolate does not hash it.
+///
+/// scripts/build-worker.sh validates the state with `edgeflag validate`
+/// (converting JSON to protobuf first) and passes the etag of the bytes it
+/// validated as `EDGEFLAG_STATE_VALIDATED`. Only when that matches the
+/// bytes embedded here may the worker defer inflating segment bitsets to
+/// their first use; otherwise it validates everything on its first
+/// request. `EDGEFLAG_STATE_ETAG`, the etag of the file converted from,
+/// is then served as the state's etag.
 fn embed_state(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-env-changed=EDGEFLAG_STATE");
     println!("cargo:rerun-if-env-changed=EDGEFLAG_ACCOUNT");
+    println!("cargo:rerun-if-env-changed=EDGEFLAG_STATE_VALIDATED");
+    println!("cargo:rerun-if-env-changed=EDGEFLAG_STATE_ETAG");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let path = match std::env::var("EDGEFLAG_STATE") {
         Ok(p) if !p.is_empty() => manifest.join(p),
@@ -50,7 +58,26 @@ fn embed_state(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> 
     };
     println!("cargo:rerun-if-changed={}", path.display());
     let bytes = std::fs::read(&path).map_err(|e| format!("EDGEFLAG_STATE {}: {e}", path.display()))?;
-    std::fs::write(out.join("embedded_state.bin"), bytes)?;
+    // The same identity as `etag_of` in src/state/snapshot.rs.
+    let etag = format!("{:032x}", fastmurmur3::murmur3_x64_128(&bytes, 0));
+    let validated = std::env::var("EDGEFLAG_STATE_VALIDATED").ok().filter(|v| !v.is_empty());
+    let prevalidated = match validated {
+        Some(v) if v.trim() == etag => true,
+        Some(v) => {
+            println!(
+                "cargo:warning=EDGEFLAG_STATE_VALIDATED={v} does not match the etag {etag} of {}; \
+                 the worker will validate it at start",
+                path.display()
+            );
+            false
+        }
+        None => false,
+    };
+    let etag = match std::env::var("EDGEFLAG_STATE_ETAG") {
+        Ok(source) if prevalidated && !source.trim().is_empty() => source.trim().to_string(),
+        _ => etag,
+    };
+    std::fs::write(out.join("embedded_state.bin"), &bytes)?;
     let account = std::env::var("EDGEFLAG_ACCOUNT").ok().filter(|a| !a.is_empty());
     let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let code = format!(
@@ -59,7 +86,11 @@ fn embed_state(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> 
          /// The account, for formats that carry none.\n\
          pub const EMBEDDED_ACCOUNT: Option<&str> = {account:?};\n\
          /// Where the state came from, for logs.\n\
-         pub const EMBEDDED_SOURCE: &str = {source:?};\n"
+         pub const EMBEDDED_SOURCE: &str = {source:?};\n\
+         /// MurmurHash3 x64-128, hex, of EMBEDDED_STATE or of the file it was converted from.\n\
+         pub const EMBEDDED_ETAG: &str = {etag:?};\n\
+         /// These exact bytes passed `edgeflag validate` before the build.\n\
+         pub const EMBEDDED_PREVALIDATED: bool = {prevalidated};\n"
     );
     std::fs::write(out.join("embedded_state.rs"), code)?;
     Ok(())

@@ -4,7 +4,8 @@
 #
 #   bash scripts/build-worker.sh
 #
-# Env passed through to the crate's build.rs: EDGEFLAG_STATE, EDGEFLAG_ACCOUNT.
+# Env: EDGEFLAG_STATE (state file to embed; default src/demo_state.json),
+# EDGEFLAG_ACCOUNT (account, for formats that carry none).
 # Run scripts/setup.sh first (this script does it if the tools are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,14 +15,55 @@ if [ ! -x "$WASM_BINDGEN_BIN" ] || [ ! -x "$WORKER_BUILD_BIN" ]; then
     bash scripts/setup.sh
 fi
 
-# Passed through untouched (exported only when set, so build.rs can tell
-# "unset" from "empty").
-for v in EDGEFLAG_STATE EDGEFLAG_ACCOUNT; do
-    if [ -n "${!v+x}" ]; then
-        export "${v?}"
-        echo "build-worker: $v=${!v}"
+# The embedded state: EDGEFLAG_STATE (any format the CLI reads; the demo
+# state by default), validated by the native CLI before the Worker is
+# built, so an invalid state fails the build with every problem listed.
+# JSON is converted to the protobuf envelope (which carries the account),
+# so the isolate decodes protobuf. build.rs is told the etag of the bytes
+# it embeds as validated (EDGEFLAG_STATE_VALIDATED), which lets the Worker
+# inflate segment bitsets on first use instead of all on its first
+# request, and the etag of the source file to serve (EDGEFLAG_STATE_ETAG):
+# the one `edgeflag validate` prints for it, however it was converted.
+src=${EDGEFLAG_STATE:-src/demo_state.json}
+echo "build-worker: embedding $src${EDGEFLAG_ACCOUNT:+ (account $EDGEFLAG_ACCOUNT)}"
+# The CLI is built without the build-time state, which it does not need.
+env -u EDGEFLAG_STATE -u EDGEFLAG_ACCOUNT -u EDGEFLAG_STATE_VALIDATED -u EDGEFLAG_STATE_ETAG \
+    cargo build --quiet --bin edgeflag
+cli=target/debug/edgeflag
+validate() { # FILE -> the report on stdout, or every problem and exit 1
+    local report
+    if ! report=$("$cli" validate --state "$1" 2>&1); then
+        echo "$report" >&2
+        echo "build-worker: ERROR: $1 does not validate; not building" >&2
+        exit 1
     fi
-done
+    echo "$report"
+}
+field() { awk -v k="$1" '$1 == k { print $2; exit }'; }
+report=$(validate "$src")
+etag=$(field etag <<<"$report")
+format=$(field format <<<"$report")
+[ -n "$etag" ] && [ -n "$format" ] || {
+    echo "build-worker: ERROR: no etag or format in the validate report:" >&2
+    echo "$report" >&2
+    exit 1
+}
+case $format in
+    pb | envelope)
+        embedded=$src
+        embedded_etag=$etag
+        ;;
+    *)
+        mkdir -p target/embedded-state
+        embedded=target/embedded-state/state.pb
+        "$cli" convert --state "$src" --to envelope --out "$embedded" ${EDGEFLAG_ACCOUNT:+--account "$EDGEFLAG_ACCOUNT"}
+        embedded_etag=$(validate "$embedded" | field etag)
+        ;;
+esac
+echo "build-worker: $src validated ($format, etag $etag); embedding $embedded"
+EDGEFLAG_STATE=$(realpath "$embedded")
+export EDGEFLAG_STATE EDGEFLAG_STATE_VALIDATED=$embedded_etag EDGEFLAG_STATE_ETAG=$etag
+[ -n "${EDGEFLAG_ACCOUNT+x}" ] && export EDGEFLAG_ACCOUNT
 
 echo "build-worker: worker-build --release (wasm-bindgen: $WASM_BINDGEN_BIN)"
 start=$SECONDS

@@ -1,11 +1,15 @@
 //! The Confidence resolver-spec conformance suite (`../shared/conformance/
 //! resolver-spec`), one named test per case, against each case's `general`
-//! expectation. Each case runs twice: through the library (response JSON as
-//! the worker writes it) and through the `edgeflag resolve` CLI.
+//! expectation. Each case runs three times: through the library (response
+//! JSON as the worker writes it), through the library on the state as the
+//! Worker embeds it (a protobuf envelope, segment bitsets inflated on first
+//! use, by whichever test thread gets there first), and through the
+//! `edgeflag resolve` CLI.
 
 use edgeflag::api;
 use edgeflag::resolve::{self, sticky::Sticky, sticky::StickySet};
-use edgeflag::state::snapshot::Snapshot;
+use edgeflag::state::formats;
+use edgeflag::state::snapshot::{BitsetCheck, LoadOptions, Snapshot};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use std::io::Write;
@@ -19,6 +23,16 @@ fn main() {
     let state_path = format!("{SPEC}/state.json");
     let bytes = std::fs::read(&state_path).unwrap_or_else(|e| panic!("{state_path}: {e}"));
     let snap = Arc::new(Snapshot::load(&bytes, None, None).unwrap_or_else(|e| panic!("{state_path}: {e}")));
+    let decoded = formats::decode(&bytes, None).expect("state decodes");
+    let account = decoded.account_id.clone().expect("the suite state names its account");
+    let envelope = formats::encode_envelope(&decoded.state, &account, &decoded.log_destinations);
+    let opts = LoadOptions { bitsets: BitsetCheck::Deferred, ..LoadOptions::default() };
+    let deferred = Arc::new(Snapshot::load_with(&envelope, opts).expect("embedded form loads"));
+    assert!(deferred.stats.bitsets > 0, "the suite state has gzipped bitsets to defer");
+    // The cases alone would not notice a deferred bitset read as empty.
+    for (name, seg) in &snap.segments {
+        assert_eq!(deferred.segments[name].bitset(), seg.bitset(), "{name}: deferred bits differ");
+    }
     let tests: Vec<Value> = serde_json::from_slice(&std::fs::read(format!("{SPEC}/tests.json")).expect("tests.json"))
         .expect("tests.json parses");
     assert_eq!(tests.len(), 166, "the suite has 166 cases");
@@ -29,6 +43,8 @@ fn main() {
         let case = Arc::new(case);
         let (s, c) = (snap.clone(), case.clone());
         trials.push(Trial::test(format!("lib::{name}"), move || run_lib(&s, &c)));
+        let (s, c) = (deferred.clone(), case.clone());
+        trials.push(Trial::test(format!("embedded::{name}"), move || run_lib(&s, &c)));
         let c = case.clone();
         let state = state_path.clone();
         trials.push(Trial::test(format!("cli::{name}"), move || run_cli(&state, &c)));

@@ -3,11 +3,22 @@
 
 include!(concat!(env!("OUT_DIR"), "/embedded_state.rs"));
 
-use super::snapshot::{LoadError, Snapshot};
+use super::snapshot::{BitsetCheck, LoadError, LoadOptions, Snapshot};
 
-/// Decodes and validates the embedded state.
+/// Decodes, validates and indexes the embedded state. Bitsets that the
+/// build already validated are inflated on first use instead: a large state
+/// would otherwise spend most of the isolate's first request inflating
+/// segments that request never reads.
 pub fn load() -> Result<Snapshot, LoadError> {
-    Snapshot::load(EMBEDDED_STATE, None, EMBEDDED_ACCOUNT)
+    Snapshot::load_static(
+        EMBEDDED_STATE,
+        LoadOptions {
+            account: EMBEDDED_ACCOUNT,
+            etag: Some(EMBEDDED_ETAG),
+            bitsets: if EMBEDDED_PREVALIDATED { BitsetCheck::Deferred } else { BitsetCheck::Eager },
+            ..LoadOptions::default()
+        },
+    )
 }
 
 #[cfg(test)]
@@ -15,7 +26,9 @@ mod tests {
     #[test]
     fn embedded_state_loads() {
         let snap = super::load().expect("embedded state is valid");
-        assert!(!snap.etag.is_empty());
+        if !super::EMBEDDED_PREVALIDATED {
+            assert_eq!(snap.etag, super::super::snapshot::etag_of(super::EMBEDDED_STATE), "build.rs hashes alike");
+        }
         assert!(snap.stats.active_flags > 0);
     }
 }
