@@ -19,7 +19,8 @@
 #                     under workerd: wrk at 1, 8 and 32 connections; req/s,
 #                     p50/p99, workerd CPU per request, edgeflag/baseline
 #                     ratios; workerd RSS after 10,000 requests.
-#   bench_cold_start  start wrangler dev -> first answered resolve, for the
+#   bench_cold_start  fresh workerd -> first resolve, sent straight to the
+#                     Worker's workerd as soon as it listens, for the
 #                     baseline, edgeflag with the demo state and edgeflag
 #                     with a generated 5 MB state (scripts/bench/gen_state.rs).
 #   bench_telemetry   hook, not yet measured (see the function).
@@ -47,7 +48,7 @@
 #
 # Environment:
 #   DURATION=10        seconds per wrk run          CONNS="1 8 32"
-#   BENCH_SECS=1       seconds per native row       COLD_RUNS=3
+#   BENCH_SECS=1       seconds per native row       COLD_RUNS=5
 #   SKIP_BUILD=1       never build; use what target/bench/ has
 #   PIN=1              pin workerd to CPU 1 and wrk to CPU 0 (2+ cores)
 set -euo pipefail
@@ -56,7 +57,7 @@ ROOT=$PWD
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-"1 8 32"}
-COLD_RUNS=${COLD_RUNS:-3}
+COLD_RUNS=${COLD_RUNS:-5}
 SKIP_BUILD=${SKIP_BUILD:-0}
 PIN=${PIN:-0}
 READY_TIMEOUT=${READY_TIMEOUT:-90}
@@ -512,33 +513,60 @@ bench_workerd() {
     echo
 }
 
+# Echoes "PID PORT..." of the Worker's workerd once it listens on its
+# entry, inspector and debug ports, without sending the Worker anything.
+wait_workerd_ports() { # NAME
+    local deadline=$((SECONDS + READY_TIMEOUT)) pid cmd ports
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        kill -0 "$W_PGID" 2>/dev/null || {
+            tail -20 "$W_LOG" >&2
+            die "$1: wrangler dev exited"
+        }
+        for pid in $(pgrep -g "$W_PGID" -x workerd || true); do
+            cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
+            case $cmd in *"entry=127.0.0.1:$W_PORT "*) continue ;; esac
+            ports=$(ss -Hltnp 2>/dev/null | awk -v p="pid=$pid," 'index($0, p) { n = split($4, a, ":"); print a[n] }' | sort -u)
+            if [ "$(wc -w <<<"$ports")" -ge 3 ]; then
+                echo "$pid" $ports
+                return 0
+            fi
+        done
+        sleep 0.01
+    done
+    tail -20 "$W_LOG" >&2
+    die "$1: the Worker's workerd did not listen within ${READY_TIMEOUT}s"
+}
+
 bench_cold_start() {
     build_all
     ensure_tools
-    echo "## Cold start (wrangler dev start -> first answered resolve; ${COLD_RUNS} runs each, median)"
+    echo "## Cold start (${COLD_RUNS} fresh workerd processes each, median [min-max])"
     echo
-    echo "| worker | state | HTTP | wrangler start -> answer ms | workerd spawn -> answer ms | first request ms | next request ms |"
-    echo "|---|---|---:|---:|---:|---:|---:|"
-    local name state i t0 code t1 up found pid port start_ticks next
+    echo "| worker | state | HTTP | workerd spawn -> listening ms | first resolve ms | workerd spawn -> first answer ms | next resolve ms | wrangler start -> first answer ms |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    local name state i t0 code secs t1 up found pid ports port start_ticks listen_up next
     for name in baseline edgeflag-demo edgeflag-5mb; do
         case $name in
             baseline) state="none" ;;
             edgeflag-demo) state="demo" ;;
             edgeflag-5mb) state="$(div1024 "$(wc -c <"$STATE_5MB")") KB pb" ;;
         esac
-        local a_total=() a_spawn=() a_first=() a_next=()
+        local a_listen=() a_first=() a_spawn=() a_next=() a_total=()
         for i in $(seq 1 "$COLD_RUNS"); do
             t0=$(now_ms)
             start_worker "$name" cold
-            # First request that gets any answer: through the proxy, since
-            # the Worker's own port exists only once workerd is up.
-            local deadline=$((SECONDS + READY_TIMEOUT)) secs=""
+            found=$(wait_workerd_ports "$name")
+            listen_up=$(awk '{ print $1 }' /proc/uptime)
+            read -r pid ports <<<"$found"
+            # The first resolve goes straight to workerd: the inspector is
+            # skipped by asking it, and the debug port answers no HTTP, so
+            # only the entry port's answer reaches the Worker.
             code=000
-            while [ "$SECONDS" -lt "$deadline" ]; do
-                read -r code secs <<<"$(post "$W_PORT" "$name" "cold-$i")"
+            secs=""
+            for port in $ports; do
+                curl -s -m 2 "http://127.0.0.1:$port/json/version" 2>/dev/null | grep -q '"Browser"' && continue
+                read -r code secs <<<"$(post "$port" "$name" "cold-$i")"
                 [ -n "$code" ] && [ "$code" != 000 ] && break
-                kill -0 "$W_PGID" 2>/dev/null || break
-                sleep 0.05
             done
             t1=$(now_ms)
             up=$(awk '{ print $1 }' /proc/uptime)
@@ -548,29 +576,29 @@ bench_cold_start() {
                 stop_worker
                 continue
             fi
-            found=$(find_workerd "$name")
-            read -r pid port <<<"$found"
             start_ticks=$(awk '{ print $22 }' "/proc/$pid/stat")
-            a_total+=($((t1 - t0)))
-            a_spawn+=("$(awk -v u="$up" -v s="$start_ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (u - s / hz) * 1000 }')")
+            a_listen+=("$(awk -v u="$listen_up" -v s="$start_ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (u - s / hz) * 1000 }')")
             a_first+=("$(awk -v s="$secs" 'BEGIN { printf "%.1f", s * 1000 }')")
+            a_spawn+=("$(awk -v u="$up" -v s="$start_ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", (u - s / hz) * 1000 }')")
             read -r _ next <<<"$(post "$port" "$name" "warm-$i")"
             a_next+=("$(awk -v s="$next" 'BEGIN { printf "%.1f", s * 1000 }')")
+            a_total+=($((t1 - t0)))
             stop_worker
         done
-        echo "| $name | $state | $code | $(median "${a_total[@]}") | $(median "${a_spawn[@]}") | $(median "${a_first[@]}") | $(median "${a_next[@]}") |"
+        echo "| $name | $state | $code | $(spread "${a_listen[@]}") | $(spread "${a_first[@]}") | $(spread "${a_spawn[@]}") | $(spread "${a_next[@]}") | $(spread "${a_total[@]}") |"
     done
     echo
-    echo "workerd spawn -> answer: from the Worker's workerd process start (/proc starttime, 10 ms ticks) to the answer; first request: curl time of that answering request via the dev proxy; next request: the following one, straight at workerd."
+    echo "first resolve: curl's time for the first request the Worker gets, sent straight to its workerd as soon as that listens (no warm-up request before it); it includes instantiating what the isolate defers (wasm functions compile on first call) and loading the embedded state. workerd spawn: the process start time in /proc (10 ms ticks). wrangler start -> first answer adds wrangler's own start-up."
     echo
 }
 
-median() {
+# "median [min-max]" of the arguments.
+spread() {
     [ $# -gt 0 ] || {
         echo "n/a"
         return
     }
-    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%s [%s-%s]", m, a[1], a[NR] }'
 }
 
 bench_telemetry() {
