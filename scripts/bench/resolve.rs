@@ -2,7 +2,8 @@
 //!
 //! Prints markdown tables of
 //! - `Snapshot::load` time: the conformance state, the demo state (when
-//!   there is one), a 5 MB generated pb state and the large synthetic state;
+//!   there is one), a 5 MB generated pb state (also as the Worker loads it
+//!   embedded) and the large synthetic state;
 //! - resolve throughput for 1, 10 and all of a client's flags per request,
 //!   on the conformance, demo and large synthetic states (≥1,000 flags, 200
 //!   segments with full-size bitsets, 5 clients; built in-process by the
@@ -24,7 +25,7 @@ use edgeflag::proto::wkt::{value::Kind, Struct, Value};
 use edgeflag::resolve::sticky::{Sticky, StickySet};
 use edgeflag::resolve::{self, Request, DEFAULT_SELECTOR};
 use edgeflag::state::formats::encode_pb;
-use edgeflag::state::snapshot::Snapshot;
+use edgeflag::state::snapshot::{BitsetCheck, LoadOptions, Snapshot};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -129,11 +130,26 @@ fn main() {
     {
         let cfg = synth::Config { flags: 200, segments: 10, target_bytes: 5_000_000, ..Default::default() };
         let bytes = encode_pb(&synth::generate(&cfg).0);
-        let m = measure(opts.load_budget(), |_| {
+        let opts_budget = opts.load_budget();
+        let m = measure(opts_budget, |_| {
             black_box(Snapshot::load(black_box(&bytes), None, Some(synth::ACCOUNT)).expect("5 MB state loads"));
             1
         });
         loads.push(("generated 5 MB (pb)".into(), bytes.len(), m));
+        // As the Worker loads its embedded state: static bytes, validated at
+        // build time, so bitsets are sliced and inflated on first use.
+        let embedded: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let opts = LoadOptions {
+            account: Some(synth::ACCOUNT),
+            etag: Some("build-time"),
+            bitsets: BitsetCheck::Deferred,
+            ..LoadOptions::default()
+        };
+        let m = measure(opts_budget, |_| {
+            black_box(Snapshot::load_static(black_box(embedded), opts).expect("5 MB state loads"));
+            1
+        });
+        loads.push(("generated 5 MB, as embedded (deferred bitsets)".into(), embedded.len(), m));
     }
 
     // The large synthetic state.
