@@ -112,62 +112,60 @@ pub fn normalize_account(s: &str) -> String {
 }
 
 pub fn detect_format(bytes: &[u8]) -> StateFormat {
-    match json_start(bytes) {
-        Some(text) => detect_json(text),
-        None if decode_envelope(Bytes::copy_from_slice(bytes)).is_some() => StateFormat::Envelope,
-        None => StateFormat::Protobuf,
+    match sniff(&Bytes::copy_from_slice(bytes)) {
+        Sniffed::Format(f) => f,
+        Sniffed::Envelope(_) => StateFormat::Envelope,
     }
 }
 
-/// The text after a BOM when the input is a JSON object.
-fn json_start(bytes: &[u8]) -> Option<&[u8]> {
+enum Sniffed {
+    Format(StateFormat),
+    /// Telling an envelope apart decodes it; the decode is kept.
+    Envelope(Box<DecodedState>),
+}
+
+fn sniff(bytes: &Bytes) -> Sniffed {
     let text = strip_bom(bytes);
-    (text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')).then_some(text)
+    if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return Sniffed::Format(detect_json(text));
+    }
+    match decode_envelope(bytes.clone()) {
+        Some(decoded) => Sniffed::Envelope(Box::new(decoded)),
+        None => Sniffed::Format(StateFormat::Protobuf),
+    }
 }
 
 pub fn decode(bytes: &[u8], format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
-    match format {
-        Some(StateFormat::ProtoJson | StateFormat::SuiteJson) => decode_shared(Bytes::new(), bytes, format),
-        None if json_start(bytes).is_some() => decode_shared(Bytes::new(), bytes, format),
-        _ => {
-            let shared = Bytes::copy_from_slice(bytes);
-            decode_shared(shared.clone(), &shared, format)
-        }
-    }
+    decode_shared(Bytes::copy_from_slice(bytes), format)
 }
 
-/// Decodes a state held in a shared buffer: the protobuf byte fields (an
-/// envelope's state, gzipped bitsets) then slice it instead of copying,
-/// which matters for the static embedded state in a cold isolate.
+/// As [`decode`], with the protobuf byte fields (an envelope's state,
+/// gzipped bitsets) slicing `bytes` instead of copying them, which matters
+/// for the embedded state in a cold isolate.
 pub fn decode_static(bytes: &'static [u8], format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
-    decode_shared(Bytes::from_static(bytes), bytes, format)
+    decode_shared(Bytes::from_static(bytes), format)
 }
 
-/// `shared` holds `bytes` for the binary formats and may be empty for JSON.
-fn decode_shared(shared: Bytes, bytes: &[u8], format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
-    let bare = |state, format| DecodedState { state, account_id: None, log_destinations: Vec::new(), format };
+fn decode_shared(bytes: Bytes, format: Option<StateFormat>) -> Result<DecodedState, FormatError> {
     let format = match format {
         Some(f) => f,
-        None => match json_start(bytes) {
-            Some(text) => detect_json(text),
-            // Detecting an envelope decodes it; keep that work.
-            None => match decode_envelope(shared.clone()) {
-                Some(decoded) => return Ok(decoded),
-                None => StateFormat::Protobuf,
-            },
+        None => match sniff(&bytes) {
+            Sniffed::Format(f) => f,
+            Sniffed::Envelope(decoded) => return Ok(*decoded),
         },
     };
+    let bare = |state| DecodedState { state, account_id: None, log_destinations: Vec::new(), format };
     match format {
-        StateFormat::Protobuf => ResolverState::decode(shared).map(|s| bare(s, format)).map_err(FormatError::Protobuf),
+        StateFormat::Protobuf => ResolverState::decode(bytes).map(bare).map_err(FormatError::Protobuf),
         StateFormat::Envelope => {
-            let env = ClientResolverState::decode(shared).map_err(FormatError::Envelope)?;
+            let env = ClientResolverState::decode(bytes).map_err(FormatError::Envelope)?;
             let state = ResolverState::decode(env.state).map_err(FormatError::EnvelopeState)?;
             Ok(envelope_state(state, &env.account, env.log_destinations))
         }
-        StateFormat::ProtoJson => serde_json::from_slice::<ResolverState>(strip_bom(bytes))
-            .map(|s| bare(s, format))
-            .map_err(FormatError::ProtoJson),
-        StateFormat::SuiteJson => decode_suite(bytes),
+        StateFormat::ProtoJson => {
+            serde_json::from_slice::<ResolverState>(strip_bom(&bytes)).map(bare).map_err(FormatError::ProtoJson)
+        }
+        StateFormat::SuiteJson => decode_suite(&bytes),
     }
 }
 

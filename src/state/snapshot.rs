@@ -140,8 +140,8 @@ pub struct LoadOptions<'a> {
     pub format: Option<StateFormat>,
     /// Names the account when the format carries none.
     pub account: Option<&'a str>,
-    /// The etag of `bytes` when already known (the build computes the
-    /// embedded state's), saving a pass over them.
+    /// The etag to report instead of hashing `bytes`: the build computes
+    /// the embedded state's (that of the file it was converted from).
     pub etag: Option<&'a str>,
     pub bitsets: BitsetCheck,
 }
@@ -439,7 +439,7 @@ pub fn etag_of(bytes: &[u8]) -> String {
 }
 
 fn compile_flag(
-    proto: admin::Flag,
+    mut proto: admin::Flag,
     segments: &HashMap<String, SegmentEntry>,
     warnings: &mut Vec<String>,
 ) -> Result<FlagEntry, Vec<String>> {
@@ -448,7 +448,6 @@ fn compile_flag(
     if name.is_empty() {
         return Err(vec!["a flag has no name".to_string()]);
     }
-    let mut proto = proto;
     let schema = proto.schema.as_ref();
     let mut variants = Vec::with_capacity(proto.variants.len());
     for v in &mut proto.variants {
