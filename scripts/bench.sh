@@ -23,7 +23,9 @@
 #                     Worker's workerd as soon as it listens, for the
 #                     baseline, edgeflag with the demo state and edgeflag
 #                     with a generated 5 MB state (scripts/bench/gen_state.rs).
-#   bench_telemetry   hook, not yet measured (see the function).
+#   bench_telemetry   queue messages per 1,000 resolves, from the Worker's
+#                     /metrics after the workerd section's load (or after
+#                     its own wrk run when that section did not run).
 #
 # How the Worker is reached. `wrangler dev` (4.86) runs two workerd
 # processes in its process group: a dev proxy listening on --port and
@@ -42,9 +44,12 @@
 # wait loop and wrk run is bounded. Scratch files (states, bundle copies,
 # wrk scripts, logs) go to target/bench/. Building the bundles rebuilds
 # build/ through scripts/build-worker.sh and leaves it as the default (demo
-# state) build. The measurements take about 5 minutes on 2 cores; builds
-# come on top (first run: several minutes; later runs reuse target/bench/
-# bundles whose inputs did not change).
+# state) build.
+#
+# Time on 2 cores: about 8 minutes on a fresh machine (setup.sh installing
+# the tools in the background while the native bench compiles, then three
+# wasm builds, then about 4 minutes of measuring); about 4 minutes when
+# target/bench/ has bundles whose inputs did not change.
 #
 # Environment:
 #   DURATION=10        seconds per wrk run          CONNS="1 8 32"
@@ -93,6 +98,7 @@ stop_group() {
 cleanup() {
     local p
     for p in "${STARTED[@]}"; do stop_group "$p"; done
+    [ -z "$SETUP_PID" ] || stop_group "$SETUP_PID"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -131,10 +137,32 @@ lock_version() { # PACKAGE LOCKFILE
 div1024() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1024 }'; }
 
 # --- tools ---------------------------------------------------------------------------
+# On a fresh machine setup.sh compiles two tools and downloads the rest
+# (about two minutes); start_tools runs it in the background while the
+# native bench compiles, and ensure_tools waits for it before anything is
+# measured or needs the tools.
 TOOLS_READY=0
+SETUP_PID=""
+SETUP_LOG=$SCRATCH/setup.log
+start_tools() {
+    [ "$TOOLS_READY" = 1 ] || [ -n "$SETUP_PID" ] && return 0
+    log "scripts/setup.sh --bench in the background (log: ${SETUP_LOG#"$ROOT"/})"
+    setsid bash scripts/setup.sh --bench </dev/null >"$SETUP_LOG" 2>&1 &
+    SETUP_PID=$!
+}
 ensure_tools() {
     [ "$TOOLS_READY" = 1 ] && return 0
-    bash scripts/setup.sh --bench
+    if [ -n "$SETUP_PID" ]; then
+        log "waiting for scripts/setup.sh --bench"
+        wait "$SETUP_PID" || {
+            cat "$SETUP_LOG" >&2
+            die "scripts/setup.sh --bench failed"
+        }
+        SETUP_PID=""
+        grep -v '^setup: everything already' "$SETUP_LOG" >&2 || true
+    else
+        bash scripts/setup.sh --bench
+    fi
     eval "$(bash scripts/setup.sh --print-env)"
     command -v wrk >/dev/null || die "wrk missing after setup --bench"
     TOOLS_READY=1
@@ -149,7 +177,10 @@ gen_5mb_state() {
         return 0
     fi
     log "generating a 5 MB state -> ${STATE_5MB#"$ROOT"/}"
-    cargo run --quiet --release --example gen_state -- \
+    # The dev profile: it shares its compiled crates with the validating CLI
+    # that build-worker.sh builds, where release would cost a separate
+    # optimised build (about 35 s); generating takes 2-3 s either way.
+    cargo run --quiet --example gen_state -- \
         --flags 200 --segments 10 --clients 5 --target-bytes 5000000 --format pb --out "$STATE_5MB" >&2
 }
 
@@ -189,7 +220,8 @@ build_baseline() {
         "run: (cd scripts/bench/baseline && cargo update -p wasm-bindgen --precise $ours)"
     ensure_tools
     log "building scripts/bench/baseline with worker-build (wasm-bindgen: $WASM_BINDGEN_BIN)"
-    (cd scripts/bench/baseline && "$WORKER_BUILD_BIN" --release >&2)
+    # edgeflag's target dir: the crates both Workers use compile once.
+    (cd scripts/bench/baseline && CARGO_TARGET_DIR=$ROOT/target "$WORKER_BUILD_BIN" --release >&2)
     echo "$stamp" >"$SCRATCH/baseline.stamp"
 }
 
@@ -384,13 +416,15 @@ WRK_PREFIX=()
 
 # --- sections ----------------------------------------------------------------------------
 bench_native() {
-    echo "## Native core (cargo bench --bench resolve)"
-    echo
+    # The harness prints its own "## Native core" section.
     # Release has panic=abort; a bench target is built with unwind, and with
     # the bin target in the same build both lib copies would be written to
     # the same libedgeflag.{so,rlib} (cdylib names carry no hash), racing.
     # Unwind for the whole bench profile builds the lib once (cargo warns
     # that the setting is "ignored"; the effect is the single build).
+    CARGO_PROFILE_BENCH_PANIC=unwind timeout 1800 cargo bench --quiet --bench resolve --no-run
+    # Nothing else may run while the rows are timed.
+    [ -z "$SETUP_PID" ] || ensure_tools
     CARGO_PROFILE_BENCH_PANIC=unwind timeout 1800 cargo bench --quiet --bench resolve
     echo
 }
@@ -467,6 +501,10 @@ run_load() { # NAME
         R[$name.$c]="$rps $p50 $p99 $cpu_us $non2xx $errs"
     done
     MEM[$name.hwm]=$(status_kb "$pid" VmHWM)
+    if [ "$name" = edgeflag-demo ]; then
+        read_telemetry "$name"
+        TELEMETRY_LOAD="the workerd section's edgeflag run ($MEM_REQUESTS requests at 8 connections, then wrk at $CONNS connections, each with a 2 s warm-up, ${DURATION}s measured)"
+    fi
     stop_worker
 }
 
@@ -601,23 +639,13 @@ spread() {
     printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; printf "%s [%s-%s]", m, a[1], a[NR] }'
 }
 
-bench_telemetry() {
-    # Queue messages per 1,000 resolves under sustained load: wrk at 8
-    # connections straight at workerd, then the consumer's own count of
-    # checkpoints (one per Queue message) against the resolves it counted.
-    build_all
-    ensure_tools
-    local name=edgeflag-demo lua=$SCRATCH/run-edgeflag-demo-telemetry/load.lua found pid port out
-    start_worker "$name" telemetry
-    wait_answer "$name" >/dev/null
-    found=$(find_workerd "$name")
-    read -r pid port <<<"$found"
-    write_lua "$name" "$lua"
-    out=$SCRATCH/run-$name-telemetry/wrk.txt
-    log "$name: wrk -c8 for ${DURATION}s (telemetry)"
-    wrk -t1 -c8 -d"${DURATION}s" --timeout 5s -s "$lua" "http://127.0.0.1:$port/v1/flags:resolve" >"$out" 2>&1 || true
-    # Let the last flush and the consumer run (bounded).
-    local metrics=$SCRATCH/run-$name-telemetry/metrics.txt resolves=0 checkpoints=0 prev=-1 i
+# Waits (bounded) until the consumer has counted every resolve, then sets
+# TELEMETRY="RESOLVES CHECKPOINTS" from /metrics: the consumer's count of
+# resolves and of checkpoints (one per Queue message).
+TELEMETRY=""
+TELEMETRY_LOAD=""
+read_telemetry() { # NAME
+    local metrics=$SCRATCH/run-$1-metrics.txt resolves=0 checkpoints=0 prev=-1 i
     for i in $(seq 1 40); do
         sleep 1
         curl -s -m 5 -H "Authorization: ClientSecret $DEMO_SECRET" "http://127.0.0.1:$W_PORT/metrics" >"$metrics" || true
@@ -628,8 +656,35 @@ bench_telemetry() {
         [ "$resolves" = "$prev" ] && [ "$resolves" != 0 ] && break
         prev=$resolves
     done
-    stop_worker
+    TELEMETRY="$resolves $checkpoints"
+}
+
+bench_telemetry() {
+    # Queue messages per 1,000 resolves under sustained load. The workerd
+    # section's edgeflag run is that load, so its count is reused when it
+    # ran; alone, this section puts 8 connections on the Worker for
+    # DURATION seconds.
+    if [ -z "$TELEMETRY" ]; then
+        build_all
+        ensure_tools
+        local name=edgeflag-demo lua=$SCRATCH/run-edgeflag-demo-telemetry/load.lua found pid port out
+        start_worker "$name" telemetry
+        wait_answer "$name" >/dev/null
+        found=$(find_workerd "$name")
+        read -r pid port <<<"$found"
+        write_lua "$name" "$lua"
+        out=$SCRATCH/run-$name-telemetry/wrk.txt
+        log "$name: wrk -c8 for ${DURATION}s (telemetry)"
+        wrk -t1 -c8 -d"${DURATION}s" --timeout 5s -s "$lua" "http://127.0.0.1:$port/v1/flags:resolve" >"$out" 2>&1 || true
+        read_telemetry "$name"
+        TELEMETRY_LOAD="wrk at 8 connections for ${DURATION}s"
+        stop_worker
+    fi
+    local resolves checkpoints
+    read -r resolves checkpoints <<<"$TELEMETRY"
     echo "## Telemetry"
+    echo
+    echo "Load: $TELEMETRY_LOAD."
     echo
     echo "| resolves counted by /metrics | queue messages (checkpoints) | messages per 1,000 requests |"
     echo "|---:|---:|---:|"
@@ -646,6 +701,7 @@ echo "# edgeflag benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --shor
 echo
 echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start."
 echo
+[ "${SECTIONS[*]}" = native ] || start_tools
 for s in "${SECTIONS[@]}"; do
     case $s in
         native) bench_native ;;

@@ -56,7 +56,15 @@ case $format in
     *)
         mkdir -p target/embedded-state
         embedded=target/embedded-state/state.pb
-        "$cli" convert --state "$src" --to envelope --out "$embedded" ${EDGEFLAG_ACCOUNT:+--account "$EDGEFLAG_ACCOUNT"}
+        # Converting is not byte-stable (protobuf maps encode in hash order),
+        # and new bytes rebuild the Worker: convert only when the source, the
+        # account or the converter changed.
+        stamp="$etag ${EDGEFLAG_ACCOUNT-} $(cksum <"$cli")"
+        if [ ! -f "$embedded" ] || [ "$(cat "$embedded.source" 2>/dev/null)" != "$stamp" ]; then
+            rm -f "$embedded.source"
+            "$cli" convert --state "$src" --to envelope --out "$embedded" ${EDGEFLAG_ACCOUNT:+--account "$EDGEFLAG_ACCOUNT"}
+            echo "$stamp" >"$embedded.source"
+        fi
         embedded_etag=$(validate "$embedded" | field etag)
         ;;
 esac

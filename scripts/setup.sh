@@ -2,8 +2,8 @@
 # Installs what building, running and testing the edgeflag Worker needs.
 #
 #   bash scripts/setup.sh            # Rust wasm target, wasm-bindgen-cli, worker-build, npm ci
-#   bash scripts/setup.sh --e2e      # ... plus .venv/ with tests/e2e/requirements.txt
-#   bash scripts/setup.sh --bench    # ... plus wrk, hyperfine, promtool (apt)
+#   bash scripts/setup.sh --e2e      # ... plus .venv/ with tests/e2e/requirements.txt, promtool (apt)
+#   bash scripts/setup.sh --bench    # ... plus wrk (apt)
 #
 # Idempotent and cached: everything lands in the (gitignored) repo-local
 # .tools/, node_modules/ and .venv/, and each step is skipped when what it
@@ -177,13 +177,14 @@ if [ "$WANT_E2E" = 1 ]; then
     fi
 fi
 
-# --- --bench: load/bench tools -----------------------------------------------------
-if [ "$WANT_BENCH" = 1 ]; then
-    missing=()
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v hyperfine >/dev/null || missing+=(hyperfine)
-    command -v promtool >/dev/null || missing+=(prometheus)
-    [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+# --- --e2e: promtool (the e2e suite checks /metrics with it) -----------------------
+if [ "$WANT_E2E" = 1 ] && ! command -v promtool >/dev/null; then
+    apt_install prometheus
+fi
+
+# --- --bench: wrk ----------------------------------------------------------------------
+if [ "$WANT_BENCH" = 1 ] && ! command -v wrk >/dev/null; then
+    apt_install wrk
 fi
 
 if [ ${#did[@]} -eq 0 ]; then

@@ -5,7 +5,7 @@
 #
 # 1. cargo test                                 all native tests
 # 2. cargo clippy --all-targets -- -D warnings
-# 3. scripts/setup.sh --e2e --bench             wasm target, tools, npm ci, .venv, promtool
+# 3. scripts/setup.sh --e2e                     wasm target, tools, npm ci, .venv, promtool
 # 4. cargo clippy on the wasm32 lib             src/worker/ only compiles there
 # 5. scripts/build-worker.sh                    the wasm bundle in build/
 # 6. pytest tests/e2e -v                        the bundle under wrangler dev (workerd)
@@ -32,8 +32,8 @@ cargo test
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-step "setup --e2e --bench"
-bash scripts/setup.sh --e2e --bench
+step "setup --e2e"
+bash scripts/setup.sh --e2e
 
 step "cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings"
 cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings

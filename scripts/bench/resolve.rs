@@ -79,7 +79,7 @@ impl Width {
 fn main() {
     let opts = Opts::from_env();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    println!("# edgeflag native core benchmark\n");
+    println!("## Native core (`cargo bench --bench resolve`)\n");
     println!("{}\n", machine_note());
     println!(
         "One thread; {:.1} s per row after a warm-up; distinct targeting key per request; sticky store empty.\n",
@@ -170,7 +170,7 @@ fn main() {
     cases.push(Case::new(&label, snap, &synth::secret(0), synth::contexts(64, cfg.seed)));
     println!("(synthetic state generated in {:.2} s)\n", gen_time.as_secs_f64());
 
-    println!("## Snapshot::load\n");
+    println!("### Snapshot::load\n");
     println!("| state | bytes | ms per load (mean) | ms (fastest) | loads |");
     println!("|---|---:|---:|---:|---:|");
     for (label, size, m) in &loads {
@@ -185,7 +185,7 @@ fn main() {
 
     let cases: Vec<Case> = cases.into_iter().filter(|c| opts.wants(&c.label)).collect();
 
-    println!("## Resolve (core: `resolve::resolve`, no JSON)\n");
+    println!("### Resolve (core: `resolve::resolve`, no JSON)\n");
     println!("| state | flags / request | requests/s | flags/s | ns / request | ns / flag | matched |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for case in &cases {
@@ -205,7 +205,7 @@ fn main() {
     }
     println!();
 
-    println!("## JSON per request (`api::parse_resolve_request`, `api::write_resolve_response`)\n");
+    println!("### JSON per request (`api::parse_resolve_request`, `api::write_resolve_response`)\n");
     println!("| state | flags / request | request bytes | parse ns | response bytes | write ns | parse + resolve + write ns |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for case in &cases {

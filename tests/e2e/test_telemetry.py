@@ -616,7 +616,7 @@ def test_promtool_accepts_metrics(load_run: LoadRun) -> None:
     histogram's unit in its name (Confidence's metric name)."""
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.fail("promtool not found: install it with `bash scripts/setup.sh --bench` (apt package `prometheus`)")
+        pytest.fail("promtool not found: install it with `bash scripts/setup.sh --e2e` (apt package `prometheus`)")
     assert "confidence_resolves_total" in load_run.metrics.text
     r = subprocess.run(
         [promtool, "check", "metrics"], input=load_run.metrics.text.encode(), capture_output=True, timeout=60
