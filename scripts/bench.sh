@@ -48,7 +48,7 @@
 #
 # Time on 2 cores: about 8 minutes on a fresh machine (setup.sh installing
 # the tools in the background while the native bench compiles, then three
-# wasm builds, then about 4 minutes of measuring); about 4 minutes when
+# wasm builds, then about 3 minutes of measuring); about 3 minutes when
 # target/bench/ has bundles whose inputs did not change.
 #
 # Environment:
