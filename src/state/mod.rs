@@ -4,3 +4,4 @@ pub mod embedded;
 pub mod formats;
 pub mod live;
 pub mod snapshot;
+pub mod sorted_json;

@@ -5,6 +5,7 @@
 use super::bitset::{Bitset, BitsetError, DeferredBitset, BUCKETS};
 use super::bloom::BloomFilter;
 use super::formats::{self, StateFormat};
+use super::sorted_json::{SortedStruct, SortedStructSchema};
 use crate::proto::admin::{self, flag, resolver_state::packed_bitset};
 use crate::proto::types::{flag_schema, FlagSchema};
 use crate::proto::wkt::{value::Kind, Struct, Value};
@@ -470,7 +471,7 @@ fn compile_flag(
         variants.push(VariantEntry { name: v.name.clone(), value_json });
     }
     let schema_json = match schema {
-        Some(s) => match sorted_json(s) {
+        Some(s) => match serde_json::to_string(&SortedStructSchema(s)) {
             Ok(j) => Some(j),
             Err(e) => {
                 problems.push(format!("{name}: schema cannot be written as JSON: {e}"));
@@ -556,111 +557,47 @@ fn null_fill(value: &mut Struct, schema: &flag_schema::StructFlagSchema, depth: 
     }
 }
 
-// Protobuf maps (struct fields, schema fields) are HashMaps that iterate in
-// a per-map random order; written directly, each isolate would give its own
-// byte-different answer for the same flag. So the JSON computed at load has
-// its object keys sorted.
-
-/// A `Struct` that serializes with sorted keys, without building a copy
-/// (variant values are most of a large state's JSON).
-struct SortedStruct<'a>(&'a Struct);
-struct SortedValue<'a>(&'a Value);
-
-impl serde::Serialize for SortedStruct<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut fields: Vec<(&String, &Value)> = self.0.fields.iter().collect();
-        fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut map = ser.serialize_map(Some(fields.len()))?;
-        for (k, v) in fields {
-            map.serialize_entry(k, &SortedValue(v))?;
-        }
-        map.end()
-    }
-}
-
-impl serde::Serialize for SortedValue<'_> {
-    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        match &self.0.kind {
-            Some(Kind::StructValue(s)) => SortedStruct(s).serialize(ser),
-            Some(Kind::ListValue(l)) => ser.collect_seq(l.values.iter().map(SortedValue)),
-            _ => self.0.serialize(ser),
-        }
-    }
-}
-
-/// Any value as JSON with sorted object keys, through a `serde_json::Value`
-/// (its Map is a BTreeMap: no `preserve_order`). For the small schemas.
-fn sorted_json<T: serde::Serialize>(v: &T) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&serde_json::to_value(v)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::admin::resolver_state::PackedBitset;
 
     #[test]
-    fn variant_values_and_schemas_are_written_with_sorted_keys() {
-        // Keys inserted out of order, at the top and inside a struct in a list.
+    fn variant_values_and_schemas_are_served_with_sorted_keys() {
+        // Protobuf maps iterate in a random order per map, so an unsorted
+        // write of 24 keys would come out sorted by chance almost never.
         let keys: Vec<String> = (0..24).map(|i| format!("k{:02}", (i * 7) % 24)).collect();
-        let inner_keys: Vec<String> = (0..24).map(|i| format!("i{:02}", (i * 5) % 24)).collect();
-        let bool_value = || Value { kind: Some(Kind::BoolValue(true)) };
-        let mut inner = Struct::default();
-        for k in &inner_keys {
-            inner.fields.insert(k.clone(), bool_value());
-        }
         let mut value = Struct::default();
-        let mut schema = crate::proto::types::flag_schema::StructFlagSchema::default();
+        let mut schema = flag_schema::StructFlagSchema::default();
         for k in &keys {
-            value.fields.insert(k.clone(), bool_value());
+            value.fields.insert(k.clone(), Value { kind: Some(Kind::BoolValue(true)) });
             let bool_schema = flag_schema::SchemaType::BoolSchema(flag_schema::BoolFlagSchema {});
             schema.schema.insert(k.clone(), FlagSchema { schema_type: Some(bool_schema) });
         }
-        let list = vec![
-            Value { kind: Some(Kind::StructValue(inner)) },
-            Value { kind: Some(Kind::NumberValue(1.5)) },
-            Value { kind: Some(Kind::StringValue("s\"q".into())) },
-        ];
-        value
-            .fields
-            .insert("zz".into(), Value { kind: Some(Kind::ListValue(crate::proto::wkt::ListValue { values: list })) });
         let mut state = admin::ResolverState::default();
         state.flags.push(admin::Flag {
             name: "flags/f".into(),
             state: admin::flag::State::Active as i32,
             variants: vec![admin::flag::Variant {
                 name: "flags/f/variants/v".into(),
-                value: Some(value.clone()),
+                value: Some(value),
                 ..Default::default()
             }],
+            schema: Some(schema),
             ..Default::default()
         });
-        // Without a schema, so the value is served as given (no null-fill).
         let bytes = formats::encode_envelope(&state, "acme", &[]);
         let snap = Snapshot::load(&bytes, None, None).unwrap();
-        let value_json = &snap.flags[0].variants[0].value_json;
-        let parsed: serde_json::Value = serde_json::from_str(value_json).unwrap();
-        assert_eq!(parsed, serde_json::to_value(&value).unwrap(), "the same JSON, reordered");
-
-        state.flags[0].schema = Some(schema);
-        let bytes = formats::encode_envelope(&state, "acme", &[]);
-        let with_schema = Snapshot::load(&bytes, None, None).unwrap();
-
-        let order = |json: &str, keys: &[String]| -> Vec<String> {
+        let mut sorted = keys.clone();
+        sorted.sort();
+        let order = |json: &str| -> Vec<String> {
             let mut found: Vec<(usize, String)> =
                 keys.iter().map(|k| (json.find(&format!("\"{k}\"")).expect("key written"), k.clone())).collect();
             found.sort();
             found.into_iter().map(|(_, k)| k).collect()
         };
-        let sorted = |keys: &[String]| {
-            let mut v = keys.to_vec();
-            v.sort();
-            v
-        };
-        assert_eq!(order(value_json, &keys), sorted(&keys));
-        assert_eq!(order(value_json, &inner_keys), sorted(&inner_keys));
-        assert_eq!(order(with_schema.flags[0].schema_json.as_deref().unwrap(), &keys), sorted(&keys));
+        assert_eq!(order(&snap.flags[0].variants[0].value_json), sorted);
+        assert_eq!(order(snap.flags[0].schema_json.as_deref().unwrap()), sorted);
     }
 
     /// Three segments: a sparse and a dense bitset, one short of BUCKETS.
