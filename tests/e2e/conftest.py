@@ -285,6 +285,28 @@ DEMO_CREDENTIAL = "clients/demo/credentials/web"
 NO_FORCE_APPLY = {"FORCE_APPLY": "false"}
 
 
+def assert_cors(resp: requests.Response, origin: str = "*") -> None:
+    """The CORS headers every response carries, errors and preflights included."""
+    h = resp.headers
+    assert h.get("Access-Control-Allow-Origin") == origin, dict(h)
+    methods = {m.strip() for m in h.get("Access-Control-Allow-Methods", "").split(",")}
+    assert {"GET", "POST", "OPTIONS"} <= methods, dict(h)
+    assert h.get("Access-Control-Allow-Headers"), dict(h)
+    assert int(h.get("Access-Control-Max-Age", "0")) > 0, dict(h)
+
+
+def assert_error(resp: requests.Response, status: int, code: str) -> str:
+    """A JSON `{"error": {"code", "message"}}` with `status`; returns the message."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers.get("Content-Type", "").startswith("application/json"), dict(resp.headers)
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    message = body["error"]["message"]
+    assert isinstance(message, str) and message, body
+    return message
+
+
 def random_token_key() -> str:
     """A fresh RESOLVE_TOKEN_KEY value: base64 of 32 random bytes."""
     return base64.b64encode(os.urandom(32)).decode()

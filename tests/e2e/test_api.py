@@ -29,6 +29,8 @@ from conftest import (
     REPO,
     REQUEST_TIMEOUT,
     Worker,
+    assert_cors,
+    assert_error,
     poll,
     random_token_key,
 )
@@ -141,26 +143,6 @@ def issue_token(
 def has_token(body: dict) -> bool:
     """Whether a resolve returned a usable token (absent and "" both mean none)."""
     return bool(body.get("resolveToken"))
-
-
-def assert_cors(resp: requests.Response) -> None:
-    h = resp.headers
-    assert h.get("Access-Control-Allow-Origin") == "*", dict(h)
-    assert {"GET", "POST", "OPTIONS"} <= {m.strip() for m in h.get("Access-Control-Allow-Methods", "").split(",")}
-    assert h.get("Access-Control-Allow-Headers"), dict(h)
-    assert int(h.get("Access-Control-Max-Age", "0")) > 0, dict(h)
-
-
-def assert_error(resp: requests.Response, status: int, code: str) -> str:
-    """A JSON `{"error": {"code", "message"}}` with `status`; returns the message."""
-    assert resp.status_code == status, resp.text
-    assert resp.headers.get("Content-Type", "").startswith("application/json"), dict(resp.headers)
-    body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    message = body["error"]["message"]
-    assert isinstance(message, str) and message, body
-    return message
 
 
 def murmur3_x64_128(data: bytes, seed: int = 0) -> int:

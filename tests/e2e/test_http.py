@@ -8,31 +8,11 @@ from typing import Callable
 import pytest
 import requests
 
-from conftest import REPO, REQUEST_TIMEOUT, Worker
+from conftest import REPO, REQUEST_TIMEOUT, Worker, assert_cors, assert_error
 
 MAX_BODY_BYTES = 256 * 1024  # crate::api::MAX_BODY_BYTES
 
 CRATE_VERSION = tomllib.loads((REPO / "Cargo.toml").read_text())["package"]["version"]
-
-
-def assert_cors(resp: requests.Response, origin: str = "*") -> None:
-    h = resp.headers
-    assert h.get("Access-Control-Allow-Origin") == origin, dict(h)
-    methods = {m.strip() for m in h.get("Access-Control-Allow-Methods", "").split(",")}
-    assert {"GET", "POST", "OPTIONS"} <= methods, dict(h)
-    assert h.get("Access-Control-Allow-Headers"), dict(h)
-    assert int(h.get("Access-Control-Max-Age", "0")) > 0, dict(h)
-
-
-def assert_api_error(resp: requests.Response, status: int, code: str) -> dict:
-    """`{"error": {"code": code, "message": "<non-empty>"}}` with `status`."""
-    assert resp.status_code == status, resp.text
-    assert resp.headers.get("Content-Type", "").startswith("application/json"), dict(resp.headers)
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return body
 
 
 # --- GET /v1/state:etag ------------------------------------------------------
@@ -155,7 +135,7 @@ def test_unlisted_origin_is_not_echoed(http: requests.Session, worker: Worker) -
 @pytest.mark.parametrize("path", ["/", "/nope", "/v1/flags", "/v1/flags:resolve/", "/v1/flags:RESOLVE", "/metrics/x"])
 def test_unknown_path_is_404_json(http: requests.Session, base_url: str, path: str) -> None:
     resp = http.post(f"{base_url}{path}", data=b"{}", timeout=REQUEST_TIMEOUT)
-    assert_api_error(resp, 404, "NOT_FOUND")
+    assert_error(resp, 404, "NOT_FOUND")
     assert_cors(resp)
 
 
@@ -178,7 +158,7 @@ def test_wrong_method_is_405_json_with_allow(
     assert resp.headers.get("Allow") == allow
     assert_cors(resp)
     if method != "HEAD":  # HEAD responses carry no body
-        assert_api_error(resp, 405, "METHOD_NOT_ALLOWED")
+        assert_error(resp, 405, "METHOD_NOT_ALLOWED")
 
 
 # --- Body limit ----------------------------------------------------------------------
@@ -190,7 +170,7 @@ def test_oversized_body_is_413_json(http: requests.Session, base_url: str, path:
     resp = http.post(
         f"{base_url}{path}", data=body, headers={"Content-Type": "application/json"}, timeout=REQUEST_TIMEOUT
     )
-    assert_api_error(resp, 413, "PAYLOAD_TOO_LARGE")
+    assert_error(resp, 413, "PAYLOAD_TOO_LARGE")
     assert_cors(resp)
 
 
@@ -210,7 +190,7 @@ def test_oversized_chunked_body_without_content_length_is_413(start_worker: Call
 
     resp = requests.post(worker.url("/v1/telemetry:upload"), data=chunks(), timeout=REQUEST_TIMEOUT)
     assert "Content-Length" not in resp.request.headers
-    assert_api_error(resp, 413, "PAYLOAD_TOO_LARGE")
+    assert_error(resp, 413, "PAYLOAD_TOO_LARGE")
     assert_cors(resp)
 
 
@@ -245,9 +225,9 @@ def test_malformed_body_is_a_json_error(http: requests.Session, base_url: str, p
     if path.endswith("apply") and body == MALFORMED_BODIES["deep-nesting"]:
         # Valid JSON whose only field is unknown to an apply request, so it is
         # ignored; what is left is an apply without a client secret.
-        assert_api_error(resp, 401, "UNAUTHENTICATED")
+        assert_error(resp, 401, "UNAUTHENTICATED")
         return
-    assert_api_error(resp, 400, "INVALID_ARGUMENT")
+    assert_error(resp, 400, "INVALID_ARGUMENT")
     assert_cors(resp)
 
 

@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -451,7 +451,36 @@ class LoadRun:
     bodies: list[dict]
     posts: list[Post]
     batches: list[tuple[int, int]]
-    log_tail: str
+    log_text: str
+
+
+def load_through_sink(tmp: Path, sink: Sink, web: int, stg: int, bad: int, connections: int) -> LoadRun:
+    """A fresh instance delivering to `sink`, loaded with make_plan(web, stg,
+    bad) from `connections` connections and drained; the instance and the
+    sink are stopped before this returns, so the figures are final."""
+    worker: Worker | None = None
+    try:
+        worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url})
+        sent, sent_seconds = run_load(worker, make_plan(web, stg, bad), connections)
+        exp = expectations(sent)
+        with requests.Session() as http:
+            metrics, bodies, drained_seconds = wait_drained(http, worker, sink, exp)
+        return LoadRun(
+            exp=exp,
+            sent_seconds=sent_seconds,
+            drained_seconds=drained_seconds,
+            metrics=metrics,
+            bodies=bodies,
+            posts=sink.snapshot(),
+            batches=queue_batches(worker),
+            log_text=worker.log_path.read_text(errors="replace"),
+        )
+    finally:
+        try:
+            if worker is not None:
+                worker.stop()
+        finally:
+            sink.stop()
 
 
 # Test 1's load: 2 x 1,024 distinct targeting keys + 16 failed resolves.
@@ -462,35 +491,10 @@ LOAD_CONNECTIONS = 32
 
 
 @pytest.fixture(scope="module")
-def load_run(built_worker: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadRun]:
-    """A fresh instance delivering to an in-process sink, loaded once; the
-    instance and the sink are stopped before the tests look at the figures."""
-    sink = Sink()
-    worker: Worker | None = None
-    try:
-        worker = launch_worker(tmp_path_factory.mktemp("telemetry-load"), vars={"FLAG_LOGS_ENDPOINT": sink.url})
-        plan = make_plan(LOAD_WEB, LOAD_STG, LOAD_BAD)
-        sent, sent_seconds = run_load(worker, plan, LOAD_CONNECTIONS)
-        exp = expectations(sent)
-        with requests.Session() as http:
-            metrics, bodies, drained_seconds = wait_drained(http, worker, sink, exp)
-        run = LoadRun(
-            exp=exp,
-            sent_seconds=sent_seconds,
-            drained_seconds=drained_seconds,
-            metrics=metrics,
-            bodies=bodies,
-            posts=sink.snapshot(),
-            batches=queue_batches(worker),
-            log_tail=worker.log_tail(40),
-        )
-    finally:
-        try:
-            if worker is not None:
-                worker.stop()
-        finally:
-            sink.stop()
-    yield run
+def load_run(built_worker: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadRun:
+    """Test 1's load, run once for the tests that read its figures."""
+    tmp = tmp_path_factory.mktemp("telemetry-load")
+    return load_through_sink(tmp, Sink(), LOAD_WEB, LOAD_STG, LOAD_BAD, LOAD_CONNECTIONS)
 
 
 def test_load_telemetry_is_exact(load_run: LoadRun) -> None:
@@ -562,24 +566,12 @@ def test_failing_sink_recovers_without_double_counting(
     (delivery is at-least-once: a batch the sink failed is sent again,
     whole), and /metrics counts every resolve exactly once however often
     its checkpoint is delivered (the consumer applies by checkpoint id)."""
-    sink = Sink(fail_first=FAIL_FIRST)
-    worker: Worker | None = None
-    try:
-        worker = launch_worker(tmp_path_factory.mktemp("telemetry-recovery"), vars={"FLAG_LOGS_ENDPOINT": sink.url})
-        plan = make_plan(RECOVERY_WEB, RECOVERY_STG, RECOVERY_BAD)
-        sent, sent_seconds = run_load(worker, plan, RECOVERY_CONNECTIONS)
-        exp = expectations(sent)
-        with requests.Session() as http:
-            m, bodies, drained_seconds = wait_drained(http, worker, sink, exp)
-        posts = sink.snapshot()
-        batches = queue_batches(worker)
-        log_text = worker.log_path.read_text(errors="replace")
-    finally:
-        try:
-            if worker is not None:
-                worker.stop()
-        finally:
-            sink.stop()
+    tmp = tmp_path_factory.mktemp("telemetry-recovery")
+    run = load_through_sink(
+        tmp, Sink(fail_first=FAIL_FIRST), RECOVERY_WEB, RECOVERY_STG, RECOVERY_BAD, RECOVERY_CONNECTIONS
+    )
+    exp, m, bodies, posts, batches = run.exp, run.metrics, run.bodies, run.posts, run.batches
+    sent_seconds, drained_seconds, log_text = run.sent_seconds, run.drained_seconds, run.log_text
 
     failed_posts = [p for p in posts if p.status != 200]
     entries = assigned_entries(bodies)
