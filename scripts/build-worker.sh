@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Worker bundle into build/ (build/worker/shim.mjs + index_bg.wasm)
-# with worker-build --release, then prints the bundle size raw and gzipped.
+# with worker-build --release, prints the bundle size raw and gzipped, and
+# writes build/edgeflag-build.json (the embedded state's etag, file hashes).
 #
 #   bash scripts/build-worker.sh
 #
@@ -74,6 +75,7 @@ export EDGEFLAG_STATE EDGEFLAG_STATE_VALIDATED=$embedded_etag EDGEFLAG_STATE_ETA
 [ -n "${EDGEFLAG_ACCOUNT+x}" ] && export EDGEFLAG_ACCOUNT
 
 echo "build-worker: worker-build --release (wasm-bindgen: $WASM_BINDGEN_BIN)"
+rm -f build/edgeflag-build.json # no manifest until the new bundle is whole
 start=$SECONDS
 "$WORKER_BUILD_BIN" --release
 echo "build-worker: built in $((SECONDS - start))s"
@@ -96,3 +98,17 @@ for f in build/index.js build/index_bg.wasm build/worker/shim.mjs; do
     total_gz=$((total_gz + $(gzip -9c "$f" | wc -c)))
 done
 printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "total" "$total_raw" "$total_gz"
+
+# What this bundle is, for whoever runs it: the e2e harness copies the bundle,
+# checks the copy against these hashes, and only calls an instance ready once
+# it serves this state etag. Written last, so a manifest means a whole build.
+python3 - "$src" "$etag" <<'PY' >build/edgeflag-build.json
+import hashlib, json, sys
+files = ["index.js", "index_bg.wasm", "worker/shim.mjs"]
+print(json.dumps({
+    "stateSource": sys.argv[1],
+    "stateEtag": sys.argv[2],
+    "sha256": {f: hashlib.sha256(open("build/" + f, "rb").read()).hexdigest() for f in files},
+}, indent=2))
+PY
+echo "build-worker: wrote build/edgeflag-build.json (state etag $etag)"
