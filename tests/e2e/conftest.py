@@ -1,10 +1,19 @@
 """End-to-end fixtures: the real Worker bundle under `wrangler dev` (workerd).
 
 The bundle is built once per session with scripts/build-worker.sh (set
-EDGEFLAG_E2E_SKIP_BUILD=1 to reuse an existing build/). Each Worker instance
-runs on free loopback ports, in its own process group, with its own empty
-`--persist-to` directory (fresh local KV and Queues) and with secrets from a
-private env file, so a developer's .dev.vars never leaks in.
+EDGEFLAG_E2E_SKIP_BUILD=1 to reuse an existing build/), then copied and
+checked against its manifest (build/edgeflag-build.json): every instance runs
+that private copy, so nothing that touches build/ meanwhile changes what is
+served.
+
+Each Worker instance is isolated by construction: its own process group, free
+loopback ports, and a private folder holding its wrangler.toml copy (so its
+own .wrangler/ and watched files), its empty `--persist-to` state (fresh
+local KV, Queues, Durable Objects), its secrets file (a developer's .dev.vars
+never leaks in), its dev registry and its wrangler logs. It is ready when the
+Worker's own workerd serves the bundle's state etag; tests talk to that
+workerd directly, not through wrangler's dev proxy (see _find_worker_socket
+for why). Every wait is bounded.
 
 Fixtures:
   worker          the default instance (wrangler.toml vars + test secrets);
@@ -14,17 +23,22 @@ Fixtures:
                   Instances are shared per configuration for the whole session.
   start_worker    factory: start_worker(vars={...}, secrets={...}, label="") -> Worker
   base_url        the default instance's URL, e.g. http://127.0.0.1:40123
+  built_worker    the session's Bundle (launch_worker(..., bundle=) takes another)
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -74,17 +88,57 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports process `pid` listens on (Linux /proc: its socket inodes
+    matched against /proc/net/tcp{,6} rows in state LISTEN)."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Worker:
-    """A running `wrangler dev` instance."""
+    """A running `wrangler dev` instance.
+
+    `base_url` is the Worker's own workerd (its `entry` socket), which tests
+    talk to; `proxy_url` is wrangler's dev proxy on `port`, which they do
+    not (see _find_worker_socket)."""
 
     base_url: str
+    proxy_url: str
     port: int
     inspector_port: int
     vars: dict[str, str]
     secrets: dict[str, str]
     state_dir: Path
     log_path: Path
+    config_path: Path
     proc: subprocess.Popen = field(repr=False)
 
     def url(self, path: str) -> str:
@@ -128,39 +182,154 @@ class Worker:
             raise RuntimeError(f"wrangler dev stopped but ports {leftover} still listen")
 
 
-def _wait_ready(worker: Worker) -> None:
+@dataclass(frozen=True)
+class Bundle:
+    """A private, verified copy of a built Worker bundle (see snapshot_bundle)."""
+
+    dir: Path
+    state_etag: str
+
+    @property
+    def entry(self) -> Path:
+        return self.dir / "worker" / "shim.mjs"
+
+
+def snapshot_bundle(build_dir: Path, dest: Path) -> Bundle:
+    """Copies the bundle that scripts/build-worker.sh left in `build_dir` to
+    `dest` and checks every file against the build's manifest. Instances run
+    the copy, so nothing that rebuilds or touches build/ while the suite runs
+    can change (or make wrangler reload) what they serve."""
+    manifest_path = build_dir / "edgeflag-build.json"
+    if not manifest_path.exists():
+        pytest.fail(f"{manifest_path} missing: the bundle in {build_dir} is not a whole build (run scripts/build-worker.sh)")
+    manifest = json.loads(manifest_path.read_text())
+    for rel, want in manifest["sha256"].items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(build_dir / rel, target)
+        got = hashlib.sha256(target.read_bytes()).hexdigest()
+        if got != want:
+            pytest.fail(f"{build_dir / rel} changed after its build (sha256 {got}, manifest {want})")
+    # worker-build's package.json marks the .js files as ES modules.
+    if (build_dir / "package.json").exists():
+        shutil.copyfile(build_dir / "package.json", dest / "package.json")
+    return Bundle(dir=dest, state_etag=manifest["stateEtag"])
+
+
+# The bundle every instance runs unless told otherwise; set once per session
+# by the `built_worker` fixture.
+_session_bundle: Bundle | None = None
+
+
+def write_config(dest: Path, bundle: Bundle, edit: Callable[[str], str] | None = None) -> Path:
+    """A private copy of wrangler.toml whose `main` is the bundle's entry
+    (absolute), optionally edited further by `edit` (text in, text out). Its
+    folder becomes wrangler's project root, so each instance keeps its own
+    .wrangler/ and watches only its own files."""
+    text = (REPO / "wrangler.toml").read_text()
+    text, n = re.subn(r'(?m)^main = ".*"$', "main = " + json.dumps(str(bundle.entry)), text)
+    assert n == 1, "wrangler.toml has no single `main = ...` line"
+    if edit is not None:
+        text = edit(text)
+    parsed = tomllib.loads(text)  # a broken edit fails here, not inside wrangler
+    assert parsed["main"] == str(bundle.entry), parsed["main"]
+    dest.write_text(text)
+    return dest
+
+
+def _serves(port: int, expect_etag: str) -> str | None:
+    """None when http://127.0.0.1:`port` serves this bundle's state etag,
+    else why not."""
+    try:
+        r = requests.get(f"http://127.0.0.1:{port}/v1/state:etag", timeout=2, headers={"Connection": "close"})
+        etag = r.json().get("etag") if r.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError) as e:
+        return f":{port}: {e}"
+    return None if etag == expect_etag else f":{port}: HTTP {r.status_code} {r.text[:120]!r}"
+
+
+def _find_worker_socket(worker: Worker, expect_etag: str) -> int:
+    """The port of the workerd that runs the Worker.
+
+    `wrangler dev` runs two workerd processes in its process group: a dev
+    proxy on --port/--inspector-port, and the one running the Worker, on a
+    kernel-chosen `entry` port it never prints. The proxy forwards over a
+    pooled connection whose 5 s idle timeout (kj's HttpClientSettings)
+    races the Worker side's 5 s keep-alive timeout (HttpServerSettings
+    pipelineTimeout): a request written in that window fails, and wrangler
+    4.86's ProxyWorker then answers a POST with a 503 "Your worker restarted
+    mid-request" (it compares a URL that includes the request path with one
+    that does not, so every proxy-side network error reads as a restart) and
+    parks a GET until the next reload. That hop is wrangler's, not ours, and
+    production has no such proxy, so tests skip it: they talk to the
+    Worker's own workerd, found here as the port of a workerd in this
+    process group, other than the proxy's, that serves this bundle's etag."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    last_error = "no attempt"
+    why = "no workerd in the process group yet"
     while time.monotonic() < deadline:
         if worker.proc.poll() is not None:
             raise RuntimeError(
-                f"wrangler dev exited with {worker.proc.returncode} before answering:\n{worker.log_tail()}"
+                f"wrangler dev exited with {worker.proc.returncode} before serving:\n{worker.log_tail()}"
             )
-        try:
-            requests.get(worker.url("/v1/state:etag"), timeout=2)
-            return
-        except requests.RequestException as e:
-            last_error = str(e)
-        time.sleep(0.5)
+        reasons = []
+        for pid in live_group_members(worker.proc.pid):
+            if _process_name(pid) != "workerd":
+                continue
+            ports = _listening_ports(pid)
+            if worker.port in ports:
+                continue  # the dev proxy
+            for port in sorted(ports):
+                reason = _serves(port, expect_etag)
+                if reason is None:
+                    return port
+                reasons.append(reason)
+        why = "; ".join(reasons) or why
+        time.sleep(0.3)
     raise RuntimeError(
-        f"wrangler dev did not answer within {STARTUP_TIMEOUT}s ({last_error}):\n{worker.log_tail()}"
+        f"wrangler dev did not serve the bundle (etag {expect_etag}) within {STARTUP_TIMEOUT}s ({why}):\n{worker.log_tail()}"
     )
 
 
 def launch_worker(
-    tmp_dir: Path, vars: dict[str, str] | None = None, secrets: dict[str, str] | None = None
+    tmp_dir: Path,
+    vars: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
+    bundle: Bundle | None = None,
+    edit_config: Callable[[str], str] | None = None,
 ) -> Worker:
-    """Starts `wrangler dev` with wrangler.toml's vars overridden by `vars`
-    and with exactly `secrets` (DEFAULT_SECRETS when None) as secrets."""
+    """Starts `wrangler dev` on `bundle` (the session's by default) with
+    wrangler.toml's vars overridden by `vars` and with exactly `secrets`
+    (DEFAULT_SECRETS when None) as secrets.
+
+    Everything wrangler writes or watches is private to the instance:
+    `tmp_dir` holds its config copy (and so its .wrangler/), its --persist-to
+    state, its env file, its dev registry and its wrangler logs."""
+    bundle = bundle or _session_bundle
+    if bundle is None:
+        raise RuntimeError("no bundle: use the built_worker fixture (or pass bundle=)")
     vars = dict(vars or {})
     secrets = dict(DEFAULT_SECRETS if secrets is None else secrets)
     tmp_dir.mkdir(parents=True, exist_ok=True)
+    config = write_config(tmp_dir / "wrangler.toml", bundle, edit_config)
     # Passing --env-file makes wrangler skip .dev.vars (and .env) entirely.
     env_file = tmp_dir / "secrets.env"
     env_file.write_text("".join(f"{k}={json.dumps(v)}\n" for k, v in secrets.items()))
     env_file.chmod(0o600)
     state_dir = tmp_dir / "state"
     log_path = tmp_dir / "wrangler.log"
+    env = dict(
+        os.environ,
+        WRANGLER_SEND_METRICS="false",
+        NO_COLOR="1",
+        FORCE_COLOR="0",
+        CI="true",
+        # Every instance is named "edgeflag"; in one shared dev registry they
+        # would overwrite (and on exit delete) each other's entry.
+        WRANGLER_REGISTRY_PATH=str(tmp_dir / "registry"),
+        MINIFLARE_REGISTRY_PATH=str(tmp_dir / "registry"),
+        WRANGLER_LOG_PATH=str(tmp_dir / "wrangler-logs"),
+        XDG_CONFIG_HOME=str(tmp_dir / "xdg-config"),
+    )
 
     for attempt in range(3):  # retry only if a picked port got taken meanwhile
         port, inspector_port = free_port(), free_port()
@@ -168,6 +337,7 @@ def launch_worker(
             inspector_port = free_port()
         cmd = [
             str(WRANGLER), "dev",
+            "--config", str(config),
             "--ip", "127.0.0.1",
             "--port", str(port),
             "--inspector-port", str(inspector_port),
@@ -178,13 +348,12 @@ def launch_worker(
         ]
         for k, v in vars.items():
             cmd += ["--var", f"{k}:{v}"]
-        env = dict(os.environ, WRANGLER_SEND_METRICS="false", NO_COLOR="1", FORCE_COLOR="0", CI="true")
         with open(log_path, "ab") as log:
             log.write(f"\n=== attempt {attempt + 1}: {' '.join(cmd)}\n".encode())
             log.flush()
             proc = subprocess.Popen(
                 cmd,
-                cwd=REPO,
+                cwd=tmp_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -192,17 +361,22 @@ def launch_worker(
                 start_new_session=True,  # own process group: stop() kills it whole
             )
         worker = Worker(
-            base_url=f"http://127.0.0.1:{port}",
+            base_url="",  # set once the Worker's own workerd is found
+            proxy_url=f"http://127.0.0.1:{port}",
             port=port,
             inspector_port=inspector_port,
             vars=vars,
             secrets=secrets,
             state_dir=state_dir,
             log_path=log_path,
+            config_path=config,
             proc=proc,
         )
         try:
-            _wait_ready(worker)
+            worker.base_url = f"http://127.0.0.1:{_find_worker_socket(worker, bundle.state_etag)}"
+            # The proxy must serve too: wrangler is whole, not half started.
+            if (reason := _serves(port, bundle.state_etag)) is not None:
+                raise RuntimeError(f"wrangler's proxy does not serve the bundle ({reason}):\n{worker.log_tail()}")
             return worker
         except RuntimeError:
             worker.stop()
@@ -212,8 +386,10 @@ def launch_worker(
 
 
 @pytest.fixture(scope="session")
-def built_worker() -> Path:
-    """Builds the bundle once per session (EDGEFLAG_E2E_SKIP_BUILD=1 reuses build/)."""
+def built_worker(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """Builds the bundle once per session (EDGEFLAG_E2E_SKIP_BUILD=1 reuses
+    build/), then snapshots it: every instance runs that private copy."""
+    global _session_bundle
     if os.environ.get("EDGEFLAG_E2E_SKIP_BUILD") == "1":
         if not BUNDLE_ENTRY.exists():
             pytest.fail(f"EDGEFLAG_E2E_SKIP_BUILD=1 but {BUNDLE_ENTRY} does not exist")
@@ -221,11 +397,12 @@ def built_worker() -> Path:
         subprocess.run(["bash", str(REPO / "scripts" / "build-worker.sh")], cwd=REPO, check=True, timeout=BUILD_TIMEOUT)
     if not WRANGLER.exists():
         pytest.fail(f"{WRANGLER} missing: run `bash scripts/setup.sh --e2e`")
-    return BUNDLE_ENTRY
+    _session_bundle = snapshot_bundle(REPO / "build", tmp_path_factory.mktemp("bundle"))
+    return _session_bundle
 
 
 @pytest.fixture(scope="session")
-def start_worker(built_worker: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Worker]]:
+def start_worker(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Worker]]:
     """Factory for Worker instances; identical configurations share one
     instance, and every instance is stopped at the end of the session."""
     started: dict[str, Worker] = {}
@@ -268,8 +445,14 @@ def base_url(worker: Worker) -> str:
 
 @pytest.fixture(scope="session")
 def http() -> Iterator[requests.Session]:
-    """A requests session; pass timeout=REQUEST_TIMEOUT on every call."""
+    """A requests session; pass timeout=REQUEST_TIMEOUT on every call.
+
+    Every request gets a fresh connection (`Connection: close`): workerd
+    closes keep-alive connections idle for 5 s, and a request written on a
+    pooled one just as it closes would fail for reasons that are not the
+    Worker's. Loopback connections cost well under a millisecond."""
     with requests.Session() as s:
+        s.headers["Connection"] = "close"
         yield s
 
 

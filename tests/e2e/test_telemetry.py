@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-from conftest import REQUEST_TIMEOUT, Worker, launch_worker
+from conftest import REQUEST_TIMEOUT, Bundle, Worker, launch_worker
 
 RESOLVE = "/v1/flags:resolve"
 WEB_SECRET = "demo-secret"
@@ -491,7 +491,7 @@ LOAD_CONNECTIONS = 32
 
 
 @pytest.fixture(scope="module")
-def load_run(built_worker: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadRun:
+def load_run(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) -> LoadRun:
     """Test 1's load, run once for the tests that read its figures."""
     tmp = tmp_path_factory.mktemp("telemetry-load")
     return load_through_sink(tmp, Sink(), LOAD_WEB, LOAD_STG, LOAD_BAD, LOAD_CONNECTIONS)
@@ -560,7 +560,7 @@ RECOVERY_CONNECTIONS = 8
 
 
 def test_failing_sink_recovers_without_double_counting(
-    built_worker: Path, tmp_path_factory: pytest.TempPathFactory
+    built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Guaranteed: every applied resolve reaches the sink at least once
     (delivery is at-least-once: a batch the sink failed is sent again,
@@ -625,7 +625,7 @@ def test_promtool_accepts_metrics(load_run: LoadRun) -> None:
 
 # Regression: failed resolves used to record telemetry without scheduling a
 # flush, so with no later success in the isolate they never reached /metrics.
-def test_failed_resolves_alone_reach_metrics(built_worker: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_failed_resolves_alone_reach_metrics(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Failed resolves are counted even when nothing succeeds after them."""
     worker = launch_worker(tmp_path_factory.mktemp("telemetry-failed-only"))
     try:
