@@ -8,7 +8,8 @@
 # 3. scripts/setup.sh --e2e                     wasm target, tools, npm ci, .venv, promtool
 # 4. cargo clippy on the wasm32 lib             src/worker/ only compiles there
 # 5. scripts/build-worker.sh                    the wasm bundle in build/
-# 6. pytest tests/e2e -v                        the bundle under wrangler dev (workerd)
+# 6. scripts/check_deploy.py                    wrangler deploy --dry-run of that bundle (offline)
+# 7. pytest tests/e2e -v                        the bundle under wrangler dev (workerd)
 #
 # Stops at the first failing step and says which one it was.
 set -euo pipefail
@@ -40,6 +41,9 @@ cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 
 step "build worker"
 bash scripts/build-worker.sh
+
+step "check deploy: wrangler deploy --dry-run"
+python3 scripts/check_deploy.py
 
 step "e2e: pytest tests/e2e"
 # The fixture would build again; the bundle was just built above.

@@ -1,17 +1,25 @@
-"""scripts/build-worker.sh validates the state it embeds before building.
+"""The build and the deploy configuration are checked before anything ships.
 
-An invalid state must stop the build with every problem named, before
-worker-build runs, and leave the bundle in build/ as it was. (The valid
-path is every other e2e test: they run on the bundle it built.)
+scripts/build-worker.sh validates the state it embeds: an invalid state must
+stop the build with every problem named, before worker-build runs, and leave
+the bundle in build/ as it was. (The valid path is every other e2e test: they
+run on the bundle it built.) scripts/check_deploy.py runs `wrangler deploy
+--dry-run` on the built bundle: scripts/test.sh runs it on the production
+wrangler.toml, and here a broken copy fails it, even where wrangler itself
+only warns.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
+from typing import Callable
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, Bundle, write_config
 
 BUILD_WORKER = REPO / "scripts" / "build-worker.sh"
 BUNDLE_WASM = REPO / "build" / "index_bg.wasm"
@@ -41,3 +49,37 @@ def test_an_invalid_state_fails_the_build_and_leaves_the_bundle(tmp_path: Path) 
     assert "worker-build --release" not in out, "validation must come before the wasm build"
     after = BUNDLE_WASM.stat().st_mtime_ns if BUNDLE_WASM.exists() else None
     assert after == before, "the existing bundle was rewritten"
+
+
+CHECK_DEPLOY = REPO / "scripts" / "check_deploy.py"
+
+
+def run_check_deploy(config: Path, outdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CHECK_DEPLOY), "--config", str(config), "--outdir", str(outdir)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        # A misspelt queue option is only a wrangler warning: it must still fail.
+        (lambda t: t.replace("max_batch_size = ", "max_batch_sise = ", 1), 'Unexpected fields found in queues.consumers[0] field: "max_batch_sise"'),
+        # A Durable Object binding whose class the bundle does not export.
+        (
+            lambda t: t + '\n[[durable_objects.bindings]]\nname = "NOT_THERE"\nclass_name = "NotExported"\n'
+            '\n[[migrations]]\ntag = "vtest"\nnew_sqlite_classes = ["NotExported"]\n',
+            "not exported",
+        ),
+    ],
+    ids=["misspelt-queue-option", "unexported-durable-object"],
+)
+def test_a_broken_config_fails_the_dry_run_deploy(
+    built_worker: Bundle, tmp_path: Path, edit: Callable[[str], str], says: str
+) -> None:
+    config = write_config(tmp_path / "wrangler.toml", built_worker, edit)
+    run = run_check_deploy(config, tmp_path / "out")
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "check_deploy: ERROR" in out and says in out, out
