@@ -5,7 +5,10 @@
 #   bash scripts/build-worker.sh
 #
 # Env: EDGEFLAG_STATE (state file to embed; default src/demo_state.json),
-# EDGEFLAG_ACCOUNT (account, for formats that carry none).
+# EDGEFLAG_ACCOUNT (account, for formats that carry none),
+# EDGEFLAG_OUT_DIR (bundle directory, relative to the repo; default build,
+# which wrangler.toml serves; another keeps build/ as it is, e.g. for a
+# bundle with another state: `wrangler dev DIR/worker/shim.mjs`).
 # Run scripts/setup.sh first (this script does it if the tools are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +58,9 @@ case $format in
         ;;
     *)
         mkdir -p target/embedded-state
-        embedded=target/embedded-state/state.pb
+        # One file per source, so bundles of different states do not
+        # overwrite each other's converted state.
+        embedded=target/embedded-state/$(printf '%s' "$src" | cksum | cut -d' ' -f1).pb
         # Converting is not byte-stable (protobuf maps encode in hash order),
         # and new bytes rebuild the Worker: convert only when the source, the
         # account or the converter changed.
@@ -73,23 +78,25 @@ EDGEFLAG_STATE=$(realpath "$embedded")
 export EDGEFLAG_STATE EDGEFLAG_STATE_VALIDATED=$embedded_etag EDGEFLAG_STATE_ETAG=$etag
 [ -n "${EDGEFLAG_ACCOUNT+x}" ] && export EDGEFLAG_ACCOUNT
 
-echo "build-worker: worker-build --release (wasm-bindgen: $WASM_BINDGEN_BIN)"
+out=${EDGEFLAG_OUT_DIR:-build}
+out=${out%/}
+echo "build-worker: worker-build --release --out-dir $out (wasm-bindgen: $WASM_BINDGEN_BIN)"
 start=$SECONDS
-"$WORKER_BUILD_BIN" --release
+"$WORKER_BUILD_BIN" --release --out-dir "$out"
 echo "build-worker: built in $((SECONDS - start))s"
 
-[ -f build/worker/shim.mjs ] || {
-    echo "build-worker: ERROR: build/worker/shim.mjs missing after build" >&2
+[ -f "$out/worker/shim.mjs" ] || {
+    echo "build-worker: ERROR: $out/worker/shim.mjs missing after build" >&2
     exit 1
 }
 size_line() {
     local f=$1
-    printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "${f#build/}" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
+    printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "${f#"$out"/}" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
 }
 echo "build-worker: bundle (what wrangler uploads):"
 total_raw=0
 total_gz=0
-for f in build/index.js build/index_bg.wasm build/worker/shim.mjs; do
+for f in "$out/index.js" "$out/index_bg.wasm" "$out/worker/shim.mjs"; do
     [ -f "$f" ] || continue
     size_line "$f"
     total_raw=$((total_raw + $(wc -c <"$f")))

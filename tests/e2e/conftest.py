@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +48,22 @@ REQUEST_TIMEOUT = 10
 DEFAULT_SECRETS = {"RESOLVE_TOKEN_KEY": base64.b64encode(os.urandom(32)).decode()}
 
 
+# Ports handed out this session: instances started in parallel threads
+# must not be given the same free port before either has bound it.
+_PORTS_GIVEN: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with _PORTS_LOCK:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise RuntimeError("no free port not already handed out")
 
 
 def port_open(port: int) -> bool:
@@ -148,10 +161,15 @@ def _wait_ready(worker: Worker) -> None:
 
 
 def launch_worker(
-    tmp_dir: Path, vars: dict[str, str] | None = None, secrets: dict[str, str] | None = None
+    tmp_dir: Path,
+    vars: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
+    script: Path | None = None,
 ) -> Worker:
     """Starts `wrangler dev` with wrangler.toml's vars overridden by `vars`
-    and with exactly `secrets` (DEFAULT_SECRETS when None) as secrets."""
+    and with exactly `secrets` (DEFAULT_SECRETS when None) as secrets.
+    `script` serves another bundle than build/ (wrangler.toml's bindings
+    still apply); KV seeded into `tmp_dir / "state"` beforehand is kept."""
     vars = dict(vars or {})
     secrets = dict(DEFAULT_SECRETS if secrets is None else secrets)
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +186,7 @@ def launch_worker(
             inspector_port = free_port()
         cmd = [
             str(WRANGLER), "dev",
+            *([str(script)] if script else []),
             "--ip", "127.0.0.1",
             "--port", str(port),
             "--inspector-port", str(inspector_port),
