@@ -9,7 +9,8 @@
 //!        api::parse_resolve_request     JSON -> ResolveFlagsRequest
 //!        state::live / snapshot         the validated state serving this isolate
 //!        resolve::resolve               the pure core: targeting, bucketing, sticky
-//!        (sticky flags: worker::sticky_kv reads KV, then resolve again)
+//!        (sticky flags: worker::sticky_kv reads KV in the layout of
+//!         sticky_layout, then resolve again)
 //!        token / exposure               resolve token, or exposure events
 //!        telemetry (worker::telemetry)  record in the same synchronous window
 //!        api::write_resolve_response    JSON out
