@@ -10,7 +10,9 @@ worker: the variant is the raw value.
 
 The suite's cases share one state (resolver-spec/state.json), built once
 into its own bundle (target/e2e-spec/build, reused while its inputs are
-unchanged). Cases share unit `user1` but disagree about what KV holds for
+unchanged), with one flag added that no case resolves: its sticky read
+fails in workerd (the key prefix is longer than KV allows), which shows a
+failed read resolving as an error, writing nothing and being counted. Cases share unit `user1` but disagree about what KV holds for
 it, and resolving writes, so cases are grouped into rounds whose seeds
 agree and where no case's write changes what a later case reads; each
 round gets its own instance (own KV), all rounds started in parallel.
@@ -34,7 +36,7 @@ import requests
 from conftest import REPO, REQUEST_TIMEOUT, WRANGLER, Worker, launch_worker, poll
 
 SPEC = REPO.parent / "shared" / "conformance" / "resolver-spec"
-SPEC_STATE = SPEC / "state.json"
+SPEC_STATE = REPO / "target" / "e2e-spec" / "state.json"  # the suite's, plus UNREADABLE_FLAG
 SPEC_OUT = "target/e2e-spec/build"  # relative to REPO, as build-worker.sh wants
 SPEC_BUNDLE = REPO / SPEC_OUT / "worker" / "shim.mjs"
 SPEC_STAMP = REPO / "target" / "e2e-spec" / "stamp"
@@ -52,7 +54,24 @@ def load_cases() -> list[dict]:
 
 
 CASES = load_cases()
-STATE = json.loads(SPEC_STATE.read_text(encoding="utf-8"))
+STATE = json.loads((SPEC / "state.json").read_text(encoding="utf-8"))
+
+# Reads a materialization whose KV prefix exceeds the 512-byte key limit, so
+# every list of it fails (a real KV error from workerd, every time); writes
+# one whose keys are fine, where a failed read taken for "not stored" would
+# leave a fresh assignment.
+UNREADABLE_FLAG = "flags/e2e-unreadable"
+UNREADABLE_MAT = "materializations/" + "x" * 520
+WRITTEN_MAT = "materializations/e2e-written"
+
+
+def embedded_state() -> dict:
+    state = json.loads(json.dumps(STATE))
+    flag = json.loads(json.dumps(STATE["flags"]["flags/mat-read-flag"]).replace("flags/mat-read-flag", UNREADABLE_FLAG))
+    flag["rules"][0]["materializationSpec"] = {"readMaterialization": UNREADABLE_MAT, "writeMaterialization": WRITTEN_MAT}
+    assert UNREADABLE_FLAG not in state["flags"]
+    state["flags"][UNREADABLE_FLAG] = flag
+    return state
 
 
 def enc(s: str) -> str:
@@ -243,6 +262,10 @@ def inputs_hash() -> str:
 def spec_bundle() -> Path:
     """The Worker with the suite's state, in its own out dir (build/ keeps
     the demo state the other tests use); rebuilt only when its inputs change."""
+    text = json.dumps(embedded_state(), sort_keys=True)
+    SPEC_STATE.parent.mkdir(parents=True, exist_ok=True)
+    if not SPEC_STATE.exists() or SPEC_STATE.read_text(encoding="utf-8") != text:
+        SPEC_STATE.write_text(text, encoding="utf-8")
     stamp = inputs_hash()
     if not (SPEC_BUNDLE.exists() and SPEC_STAMP.exists() and SPEC_STAMP.read_text() == stamp):
         env = {"EDGEFLAG_STATE": str(SPEC_STATE), "EDGEFLAG_OUT_DIR": SPEC_OUT}
@@ -331,6 +354,8 @@ def results(spec_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_rounds_cover_every_materialization_case() -> None:
     assert len(CASES) == 20, "the suite has 20 cases with materializations"
+    # The added flag stays out of every case: each names its flags.
+    assert all(c["resolveRequest"].get("flags") for c in CASES)
     names = [c.name for r in ROUNDS for c in r]
     assert sorted(names) == sorted(c["name"] for c in CASES)
     # The reference layout would otherwise be tested on a trivial store.
@@ -342,6 +367,44 @@ def test_rounds_cover_every_materialization_case() -> None:
 def test_case_resolves_as_the_suite_expects(results: dict[tuple[str, str], list[str]], layout: str, name: str) -> None:
     assert (layout, name) in results
     assert results[(layout, name)] == [], f"{layout} layout, {name}"
+
+
+def test_a_failed_read_is_an_error_writes_nothing_and_is_counted(
+    spec_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    worker = launch_worker(tmp_path_factory.mktemp("sticky-unreadable"), script=spec_bundle)
+    try:
+        with requests.Session() as http:
+            body = {
+                "flags": [UNREADABLE_FLAG, "flags/simple-flag"],
+                "clientSecret": "test-secret",
+                "evaluationContext": {"targeting_key": "user1", "country": "SE"},
+            }
+            resp = http.post(worker.url("/v1/flags:resolve"), json=body, timeout=REQUEST_TIMEOUT)
+            assert resp.status_code == 200, resp.text
+            got = {f["flag"]: f for f in resp.json()["resolvedFlags"]}
+            # No variant (the SDK serves its default), not an exposure.
+            assert got[UNREADABLE_FLAG] == {"flag": UNREADABLE_FLAG, "reason": "RESOLVE_REASON_ERROR"}, got
+            # The rest of the request is unaffected.
+            assert got["flags/simple-flag"]["reason"] == "RESOLVE_REASON_MATCH", got
+            assert got["flags/simple-flag"]["variant"] == "on", got
+
+            # Counted: flushed to the Queue within ~1 s, then the consumer's
+            # batch timeout and KV write; 15 s is ample.
+            def counted() -> str | None:
+                r = http.get(worker.url("/metrics"), headers={"Authorization": "ClientSecret test-secret"}, timeout=REQUEST_TIMEOUT)
+                assert r.status_code == 200, r.text
+                return r.text if "\nedgeflag_sticky_read_failures_total 1\n" in r.text else None
+
+            text = poll(counted, attempts=30, interval=0.5)
+            assert text, "edgeflag_sticky_read_failures_total did not reach 1 on /metrics within ~15 s"
+            assert 'confidence_resolves_total{resolver_id="edgeflag",reason="RESOLVE_REASON_ERROR"} 1\n' in text
+        # By now the response's waitUntil work is long done: nothing was
+        # written (taken as "not stored", the flag would have assigned and
+        # stored a variant in WRITTEN_MAT).
+        assert json.loads(kv("key", "list", persist=worker.state_dir)) == []
+    finally:
+        worker.stop()
 
 
 def test_edgeflag_writes_the_variant_as_the_value(http: requests.Session, worker: Worker) -> None:
