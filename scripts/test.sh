@@ -9,6 +9,8 @@
 # 4. cargo clippy on the wasm32 lib             src/worker/ only compiles there
 # 5. scripts/build-worker.sh                    the wasm bundle in build/
 # 6. pytest tests/e2e -v                        the bundle under wrangler dev (workerd)
+#                                               (test_sticky_layouts.py also builds one with the
+#                                               suite's state into target/e2e-spec/, when stale)
 #
 # Stops at the first failing step and says which one it was.
 set -euo pipefail

@@ -4,8 +4,10 @@
 //! writes. Reads: one prefix `list` per (unit, materialization); keys that
 //! carry edgeflag's metadata answer from it, keys without (the reference
 //! worker's) get one bulk value read per pair. A pair whose reads fail is
-//! unavailable, never absent. Every KV call is bounded in time.
+//! unavailable, never absent. Every KV call is bounded in time, and so is
+//! each pair's read as a whole (retries included).
 
+use super::runtime;
 use crate::resolve::sticky::{ReadKey, Record, StickySet};
 use crate::sticky_layout::{self, Listed, Meta};
 use ::worker::kv::KvStore;
@@ -16,30 +18,36 @@ use std::time::Duration;
 
 /// Per KV call attempt; two attempts at most. KV answers in milliseconds
 /// when healthy, so a call this slow is failing, and the resolve must not
-/// wait on it (worst case, list plus value read: 4 x this).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// wait on it.
+const ATTEMPT_TIMEOUT_MS: f64 = 1000.0;
 const ATTEMPTS: usize = 2;
+/// All of one pair's calls (list, then value reads) end by this much after
+/// its read started, retries included.
+const PAIR_BUDGET_MS: f64 = 2000.0;
 /// Keys one bulk read may ask for (the binding's limit).
 const BULK_MAX: usize = 100;
 
-/// Runs `call` up to [`ATTEMPTS`] times, each cut off at [`ATTEMPT_TIMEOUT`];
-/// a second failure is final, so a failing KV never holds the request up
-/// for long.
-async fn bounded<T, F, Fut>(what: &str, mut call: F) -> Result<T, String>
+/// Runs `call` up to [`ATTEMPTS`] times, each cut off at
+/// [`ATTEMPT_TIMEOUT_MS`] or at `deadline_ms` (epoch ms), whichever is
+/// first; no retry without time left, so a failing KV never holds the
+/// request up for long.
+async fn bounded<T, F, Fut>(what: &str, deadline_ms: f64, mut call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ::worker::kv::KvError>>,
 {
-    let mut last = String::new();
+    let mut last = format!("{what}: no time left");
     for _ in 0..ATTEMPTS {
+        let left = (deadline_ms - runtime::now_ms()).min(ATTEMPT_TIMEOUT_MS);
+        if left < 1.0 {
+            break;
+        }
         let attempt = Box::pin(call());
-        let timeout = Delay::from(ATTEMPT_TIMEOUT);
+        let timeout = Delay::from(Duration::from_millis(left as u64));
         match futures_util::future::select(attempt, timeout).await {
             futures_util::future::Either::Left((Ok(v), _)) => return Ok(v),
             futures_util::future::Either::Left((Err(e), _)) => last = format!("{what}: {e}"),
-            futures_util::future::Either::Right(_) => {
-                last = format!("{what}: no answer within {} ms", ATTEMPT_TIMEOUT.as_millis())
-            }
+            futures_util::future::Either::Right(_) => last = format!("{what}: no answer within {left:.0} ms"),
         }
     }
     Err(last)
@@ -86,14 +94,15 @@ pub async fn read(kv: &KvStore, reads: &BTreeSet<ReadKey>) -> (StickySet, usize)
 /// One pair: the listing (membership, and variants from metadata), then,
 /// only for `rules` asked about whose keys lack metadata, their values.
 async fn read_pair(kv: &KvStore, unit: &str, mat: &str, rules: &BTreeSet<&str>) -> PairResult {
+    let deadline = runtime::now_ms() + PAIR_BUDGET_MS;
     let p = sticky_layout::prefix(unit, mat);
-    let listing = bounded("list", || kv.list().prefix(p.clone()).limit(1000).execute()).await?;
+    let listing = bounded("list", deadline, || kv.list().prefix(p.clone()).limit(1000).execute()).await?;
     let keys: Vec<Listed> =
         listing.keys.iter().filter_map(|k| sticky_layout::listed(&p, &k.name, k.metadata.as_ref())).collect();
     let need = sticky_layout::value_reads(&keys, rules);
     let mut values: HashMap<String, Option<String>> = HashMap::new();
     for chunk in need.chunks(BULK_MAX) {
-        values.extend(bounded("value read", || kv.get_bulk(chunk).text()).await?);
+        values.extend(bounded("value read", deadline, || kv.get_bulk(chunk).text()).await?);
     }
     let variants = sticky_layout::variants(&keys, |k| values.get(k).and_then(|v| v.as_deref()))
         .map(|(r, v)| (r.to_string(), v.to_string()))
