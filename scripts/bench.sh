@@ -2,7 +2,7 @@
 # edgeflag benchmarks, printed as markdown tables in one run.
 #
 #   bash scripts/bench.sh                     # every section
-#   bash scripts/bench.sh native size         # only some: native size workerd cold telemetry
+#   bash scripts/bench.sh native size         # only some: native size workerd cold telemetry sticky
 #   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
 #
 # Sections (one function each):
@@ -26,6 +26,11 @@
 #   bench_telemetry   queue messages per 1,000 resolves, from the Worker's
 #                     /metrics after the workerd section's load (or after
 #                     its own wrk run when that section did not run).
+#   bench_sticky      the sticky resolve by KV layout (scripts/bench/sticky.py):
+#                     units stored in edgeflag's layout (one list) next to
+#                     the reference worker's (list + value read), nothing
+#                     stored, and a flag without sticky data; STICKY_UNITS
+#                     units each, 8 connections, straight at workerd.
 #
 # How the Worker is reached. `wrangler dev` (4.86) runs two workerd
 # processes in its process group: a dev proxy listening on --port and
@@ -55,6 +60,7 @@
 #   DURATION=10        seconds per wrk run          CONNS="1 8 32"
 #   BENCH_SECS=1       seconds per native row       COLD_RUNS=5
 #   SKIP_BUILD=1       never build; use what target/bench/ has
+#   STICKY_UNITS=2000  requests per row of the sticky section
 #   PIN=1              pin workerd to CPU 1 and wrk to CPU 0 (2+ cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -270,13 +276,18 @@ body() { printf '%s%s%s' "$(body_head "$1")" "$2" "$BODY_TAIL"; }
 W_PGID=""
 W_PORT=""
 W_LOG=""
-start_worker() { # NAME [RUN-DIR-SUFFIX]
+start_worker() { # NAME [RUN-DIR-SUFFIX [KV-SEED-JSON]]
     local name=$1 config script port iport dir
     read -r config script <<<"$(target_config "$name")"
     [ -f "$script" ] || die "$name: $script missing (build first)"
     dir=$SCRATCH/run-$name${2:+-$2}
     rm -rf "$dir"
     mkdir -p "$dir"
+    if [ -n "${3:-}" ]; then # sticky assignments, into local KV before it starts
+        WRANGLER_SEND_METRICS=false CI=true timeout 120 node_modules/.bin/wrangler kv bulk put "$3" \
+            --config "$config" --binding MATERIALIZATIONS_KV --local --persist-to "$dir/state" >"$dir/seed.log" 2>&1 ||
+            die "$name: seeding KV failed: $(tail -5 "$dir/seed.log")"
+    fi
     # --env-file keeps a developer's .dev.vars out; a throwaway token key.
     (
         umask 077
@@ -694,9 +705,31 @@ bench_telemetry() {
     echo
 }
 
+bench_sticky() {
+    build_edgeflag demo
+    ensure_tools
+    local name=edgeflag-demo units=${STICKY_UNITS:-2000} seed=$SCRATCH/sticky-seed.json found pid port out
+    python3 scripts/bench/sticky.py seed --units "$units" --out "$seed"
+    log "$name: seeding $((2 * units)) sticky keys, then $units requests per row"
+    start_worker "$name" sticky "$seed"
+    wait_answer "$name" >/dev/null
+    found=$(find_workerd "$name")
+    read -r pid port <<<"$found"
+    out=$SCRATCH/run-$name-sticky/rows.md
+    python3 scripts/bench/sticky.py run --port "$port" --pid "$pid" --units "$units" --conns 8 >"$out" ||
+        log "sticky: some resolves failed or gave another variant (see above)"
+    stop_worker
+    echo "## Sticky resolves by KV layout (local KV under wrangler dev, 8 connections straight at workerd, $units units per row, each once)"
+    echo
+    cat "$out"
+    echo
+    echo "Reference-layout keys (value only, as the Confidence worker writes them) cost a bulk value read after the listing; edgeflag's own keys carry the variant in metadata, so the listing answers. Both stored rows also pay the key's rewrite after the response (waitUntil) that a sticky hit queues. Local KV is on disk next to workerd: on Cloudflare each read is a network round trip, so the gap is larger there."
+    echo
+}
+
 # --- main ------------------------------------------------------------------------------------
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd cold telemetry)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd cold telemetry sticky)
 echo "# edgeflag benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
 echo
 echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start."
@@ -709,7 +742,8 @@ for s in "${SECTIONS[@]}"; do
         workerd) bench_workerd ;;
         cold | cold_start) bench_cold_start ;;
         telemetry) bench_telemetry ;;
-        *) die "unknown section '$s' (native size workerd cold telemetry)" ;;
+        sticky) bench_sticky ;;
+        *) die "unknown section '$s' (native size workerd cold telemetry sticky)" ;;
     esac
 done
 log "done in $((SECONDS - T0))s"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds the Worker bundle into build/ (build/worker/shim.mjs + index_bg.wasm)
 # with worker-build --release, prints the bundle size raw and gzipped, and
-# writes build/edgeflag-build.json (the embedded state's etag, file hashes).
+# writes edgeflag-build.json beside it (the embedded state's etag, file hashes).
 #
 #   bash scripts/build-worker.sh
 #
 # Env: EDGEFLAG_STATE (state file to embed; default src/demo_state.json),
-# EDGEFLAG_ACCOUNT (account, for formats that carry none).
+# EDGEFLAG_ACCOUNT (account, for formats that carry none),
+# EDGEFLAG_OUT_DIR (bundle directory, relative to the repo; default build,
+# which wrangler.toml serves; another keeps build/ as it is, e.g. for a
+# bundle with another state: `wrangler dev DIR/worker/shim.mjs`).
 # Run scripts/setup.sh first (this script does it if the tools are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +59,9 @@ case $format in
         ;;
     *)
         mkdir -p target/embedded-state
-        embedded=target/embedded-state/state.pb
+        # One file per source, so bundles of different states do not
+        # overwrite each other's converted state.
+        embedded=target/embedded-state/$(printf '%s' "$src" | cksum | cut -d' ' -f1).pb
         # Converting is not byte-stable (protobuf maps encode in hash order),
         # and new bytes rebuild the Worker: convert only when the source, the
         # account or the converter changed.
@@ -74,24 +79,26 @@ EDGEFLAG_STATE=$(realpath "$embedded")
 export EDGEFLAG_STATE EDGEFLAG_STATE_VALIDATED=$embedded_etag EDGEFLAG_STATE_ETAG=$etag
 [ -n "${EDGEFLAG_ACCOUNT+x}" ] && export EDGEFLAG_ACCOUNT
 
-echo "build-worker: worker-build --release (wasm-bindgen: $WASM_BINDGEN_BIN)"
-rm -f build/edgeflag-build.json # no manifest until the new bundle is whole
+out=${EDGEFLAG_OUT_DIR:-build}
+out=${out%/}
+echo "build-worker: worker-build --release --out-dir $out (wasm-bindgen: $WASM_BINDGEN_BIN)"
+rm -f "$out/edgeflag-build.json" # no manifest until the new bundle is whole
 start=$SECONDS
-"$WORKER_BUILD_BIN" --release
+"$WORKER_BUILD_BIN" --release --out-dir "$out"
 echo "build-worker: built in $((SECONDS - start))s"
 
-[ -f build/worker/shim.mjs ] || {
-    echo "build-worker: ERROR: build/worker/shim.mjs missing after build" >&2
+[ -f "$out/worker/shim.mjs" ] || {
+    echo "build-worker: ERROR: $out/worker/shim.mjs missing after build" >&2
     exit 1
 }
 size_line() {
     local f=$1
-    printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "${f#build/}" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
+    printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "${f#"$out"/}" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
 }
 echo "build-worker: bundle (what wrangler uploads):"
 total_raw=0
 total_gz=0
-for f in build/index.js build/index_bg.wasm build/worker/shim.mjs; do
+for f in "$out/index.js" "$out/index_bg.wasm" "$out/worker/shim.mjs"; do
     [ -f "$f" ] || continue
     size_line "$f"
     total_raw=$((total_raw + $(wc -c <"$f")))
@@ -102,13 +109,13 @@ printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "total" "$total_ra
 # What this bundle is, for whoever runs it: the e2e harness copies the bundle,
 # checks the copy against these hashes, and only calls an instance ready once
 # it serves this state etag. Written last, so a manifest means a whole build.
-python3 - "$src" "$etag" <<'PY' >build/edgeflag-build.json
+python3 - "$src" "$etag" "$out" <<'PY' >"$out/edgeflag-build.json"
 import hashlib, json, sys
 files = ["index.js", "index_bg.wasm", "worker/shim.mjs"]
 print(json.dumps({
     "stateSource": sys.argv[1],
     "stateEtag": sys.argv[2],
-    "sha256": {f: hashlib.sha256(open("build/" + f, "rb").read()).hexdigest() for f in files},
+    "sha256": {f: hashlib.sha256(open(f"{sys.argv[3]}/{f}", "rb").read()).hexdigest() for f in files},
 }, indent=2))
 PY
-echo "build-worker: wrote build/edgeflag-build.json (state etag $etag)"
+echo "build-worker: wrote $out/edgeflag-build.json (state etag $etag)"

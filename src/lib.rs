@@ -9,7 +9,8 @@
 //!        api::parse_resolve_request     JSON -> ResolveFlagsRequest
 //!        state::live / snapshot         the validated state serving this isolate
 //!        resolve::resolve               the pure core: targeting, bucketing, sticky
-//!        (sticky flags: worker::sticky_kv reads KV, then resolve again)
+//!        (sticky flags: worker::sticky_kv reads KV in the layout of
+//!         sticky_layout, then resolve again)
 //!        token / exposure               resolve token, or exposure events
 //!        telemetry (worker::telemetry)  record in the same synchronous window
 //!        api::write_resolve_response    JSON out
@@ -25,11 +26,11 @@
 
 /// JSON requests in, JSON responses out, API errors.
 pub mod api;
-/// Exposure events and apply: resolutions and tokens into FlagAssigned.
-pub mod exposure;
 /// The `edgeflag` command-line tool.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+/// Exposure events and apply: resolutions and tokens into FlagAssigned.
+pub mod exposure;
 /// MurmurHash3 bucketing.
 pub mod hash;
 /// Generated wire types and their proto3 JSON mapping.
@@ -38,6 +39,8 @@ pub mod proto;
 pub mod resolve;
 /// State formats, validation, the immutable snapshot and the serving slot.
 pub mod state;
+/// The KV layout of sticky assignments, shared with the reference worker.
+pub mod sticky_layout;
 /// Attribute targeting and value coercion.
 pub mod targeting;
 /// Lock-free loggers, checkpoints, aggregation and metrics.

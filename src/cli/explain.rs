@@ -454,6 +454,9 @@ fn meaning(result: &FlagResult<'_, '_>) -> &'static str {
         (ResolveReason::MaterializationNotSupported, _) => {
             "the flag needs a sticky-assignment store this resolve does not have"
         }
+        (ResolveReason::Error, _) => {
+            "a sticky assignment the flag depends on could not be read: no variant, nothing written; the client uses its default value"
+        }
         _ => "no variant; the client uses its default value",
     }
 }

@@ -3,6 +3,8 @@
 //! decides every flag; callers turn the result into responses and logs.
 
 pub mod sticky;
+#[cfg(test)]
+mod tests;
 
 use crate::hash;
 use crate::proto::admin::flag::{self, rule::materialization_spec::MaterializationReadMode};
@@ -216,6 +218,9 @@ struct Engine<'s, 'r, 'm, 't> {
 enum Stop<'s, 'r> {
     Assigned(Assigned<'s, 'r>),
     Reason(ResolveReason),
+    /// A sticky read the flag depends on failed: nothing can be decided
+    /// without risking the unit's stored variant.
+    StickyUnavailable,
 }
 
 impl<'s, 'r> Engine<'s, 'r, '_, '_> {
@@ -228,6 +233,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
     fn resolve_flag(&mut self, flag: &'s FlagEntry, flag_index: usize) -> FlagResult<'s, 'r> {
         let mut fallthroughs = Vec::new();
         let mut missing_reads = false;
+        let writes_before = self.writes.len();
         let name = flag.name();
         self.note(|| name.to_string());
         for (rule_index, (rule, entry)) in flag.proto.rules.iter().zip(&flag.rules).enumerate() {
@@ -244,6 +250,20 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 }
                 Some(Stop::Reason(reason)) => {
                     return FlagResult { flag, flag_index, reason, assigned: None, fallthroughs };
+                }
+                Some(Stop::StickyUnavailable) => {
+                    // Not "absent": a fresh assignment written now could
+                    // replace the one the store holds. Undecided, so the
+                    // SDK serves its default and nothing is written.
+                    self.writes.truncate(writes_before);
+                    self.note(|| "  => sticky data unavailable: ERROR, nothing written".to_string());
+                    return FlagResult {
+                        flag,
+                        flag_index,
+                        reason: ResolveReason::Error,
+                        assigned: None,
+                        fallthroughs: Vec::new(),
+                    };
                 }
             }
         }
@@ -330,6 +350,10 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                     *missing_reads = true;
                     discovering = true;
                 }
+                Sticky::Known(set) if set.is_unavailable(u, read) => {
+                    self.note(|| format!("  {rname}: reading {read} failed"));
+                    return Some(Stop::StickyUnavailable);
+                }
                 Sticky::Known(set) => match set.lookup(u, read, rname) {
                     None if mode.materialization_must_match => {
                         self.note(|| format!("  {rname}: unit not in {read}, and intake is paused"));
@@ -343,6 +367,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                                 Err(EvalError::MaterializationUnsupported) => {
                                     return Some(Stop::Reason(ResolveReason::MaterializationNotSupported))
                                 }
+                                Err(EvalError::StickyUnavailable) => return Some(Stop::StickyUnavailable),
                                 Err(EvalError::Unrecognized) => false,
                             };
                         if !targeted {
@@ -372,6 +397,10 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 Err(EvalError::MaterializationUnsupported) => {
                     self.note(|| format!("  {rname}: segment needs sticky membership but there is no store => MATERIALIZATION_NOT_SUPPORTED"));
                     return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
+                }
+                Err(EvalError::StickyUnavailable) => {
+                    self.note(|| format!("  {rname}: segment needs sticky membership whose read failed"));
+                    return Some(Stop::StickyUnavailable);
                 }
                 Ok(Tri::False) => {
                     self.note(|| format!("  {rname}: unit not in segment {} (targeting or bitset)", rule.segment));
@@ -550,6 +579,7 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                         self.reads.add(u, name, "");
                         Ok(Tri::Unknown)
                     }
+                    Sticky::Known(set) if set.is_unavailable(u, name) => Err(EvalError::StickyUnavailable),
                     Sticky::Known(set) => Ok(set.lookup(u, name, "").is_some().into()),
                 }
             }

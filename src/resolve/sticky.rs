@@ -28,6 +28,10 @@ pub struct ReadKey {
 pub struct StickySet {
     /// (unit, materialization) → rule → variant.
     entries: HashMap<(String, String), HashMap<String, String>>,
+    /// Pairs whose read failed: neither present nor absent. A flag that
+    /// needs one cannot be decided without risking a unit's variant, so it
+    /// resolves as an error and writes nothing.
+    unavailable: BTreeSet<(String, String)>,
 }
 
 impl StickySet {
@@ -60,8 +64,20 @@ impl StickySet {
         Some(rules.get(rule).map(String::as_str).unwrap_or(""))
     }
 
+    /// Marks (unit, materialization) as unreadable: what the store holds
+    /// for it is unknown, which is not the same as holding nothing.
+    pub fn mark_unavailable(&mut self, unit: &str, materialization: &str) {
+        self.entries.remove(&(unit.to_string(), materialization.to_string()));
+        self.unavailable.insert((unit.to_string(), materialization.to_string()));
+    }
+
+    pub fn is_unavailable(&self, unit: &str, materialization: &str) -> bool {
+        // Checked before every sticky lookup; empty in the common case.
+        !self.unavailable.is_empty() && self.unavailable.contains(&(unit.to_string(), materialization.to_string()))
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.unavailable.is_empty()
     }
 }
 

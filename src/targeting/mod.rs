@@ -53,6 +53,8 @@ pub enum EvalError {
     Unrecognized,
     /// A sticky-assignment lookup while the caller has no store.
     MaterializationUnsupported,
+    /// A sticky-assignment lookup whose store read failed.
+    StickyUnavailable,
 }
 
 /// Nesting deeper than this is treated as a non-match rather than risking

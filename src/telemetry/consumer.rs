@@ -271,6 +271,8 @@ pub struct MetricsSnapshot {
     pub requests: BTreeMap<String, BTreeMap<String, u64>>,
     pub credential_resolves: BTreeMap<String, u64>,
     pub dropped: Dropped,
+    /// Sticky-assignment reads that failed (their flags resolved as errors).
+    pub sticky_read_failures: u64,
     pub applied: AppliedIds,
 }
 
@@ -333,6 +335,7 @@ pub fn apply(snapshot: &mut MetricsSnapshot, cp: &Checkpoint) -> bool {
     d.schemas = d.schemas.saturating_add(c.dropped_schemas);
     d.checkpoints = d.checkpoints.saturating_add(c.dropped_checkpoints);
     d.unattributed = d.unattributed.saturating_add(c.unattributed);
+    s.sticky_read_failures = s.sticky_read_failures.saturating_add(c.sticky_read_failures);
     true
 }
 
@@ -494,6 +497,12 @@ pub fn render_prometheus(s: &MetricsSnapshot) -> String {
             let _ = writeln!(o, "edgeflag_credential_resolves_total{{credential=\"{}\"}} {n}", escape(cred));
         }
     }
+    scalar(
+        &mut o,
+        "edgeflag_sticky_read_failures_total",
+        "Sticky-assignment KV reads (per unit and materialization) that failed or timed out; their flags resolved as RESOLVE_REASON_ERROR.",
+        s.sticky_read_failures,
+    );
     header(&mut o, "edgeflag_dropped_total", "Telemetry items producers gave up on, by kind.", "counter");
     let d = &s.dropped;
     for (what, n) in [

@@ -149,6 +149,7 @@ pub struct Telemetry {
     sends_ok: AtomicU64,
     sends_failed: AtomicU64,
     dropped_checkpoints: AtomicU64,
+    sticky_read_failures: AtomicU64,
     retry: SegQueue<Checkpoint>,
     retry_bytes: AtomicU64,
     /// Set after every record, cleared by a checkpoint before it drains.
@@ -181,6 +182,7 @@ impl Telemetry {
             sends_ok: AtomicU64::new(0),
             sends_failed: AtomicU64::new(0),
             dropped_checkpoints: AtomicU64::new(0),
+            sticky_read_failures: AtomicU64::new(0),
             retry: SegQueue::new(),
             retry_bytes: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
@@ -233,6 +235,14 @@ impl Telemetry {
             c.fetch_add(1, Ordering::Relaxed);
         }
         self.touch();
+    }
+
+    /// Sticky-assignment reads (per unit and materialization) that failed.
+    pub fn record_sticky_read_failures(&self, n: u64) {
+        if n > 0 {
+            self.sticky_read_failures.fetch_add(n, Ordering::Relaxed);
+            self.touch();
+        }
     }
 
     pub fn record_latency_us(&self, micros: u32) {
@@ -371,6 +381,7 @@ impl Telemetry {
             dropped_schemas: drained.dropped_schemas,
             dropped_checkpoints: take(&self.dropped_checkpoints),
             unattributed: drained.unattributed,
+            sticky_read_failures: take(&self.sticky_read_failures),
             ..Default::default()
         };
         let fresh = counters != ef::Counters::default()

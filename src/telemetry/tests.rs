@@ -266,3 +266,22 @@ fn a_resolution_from_another_snapshot_is_not_miscounted() {
     assert!(cp.logs.flag_resolve_info.is_empty());
     assert_eq!(cp.counters.unattributed, 1);
 }
+
+#[test]
+fn sticky_read_failures_reach_the_metrics() {
+    let t = Telemetry::new();
+    t.record_sticky_read_failures(0);
+    assert!(!t.has_pending(), "nothing failed, nothing to send");
+    t.record_sticky_read_failures(2);
+    t.record_sticky_read_failures(1);
+    let cps = t.checkpoint(10, ISOLATE);
+    assert_eq!(cps.len(), 1);
+    assert_eq!(cps[0].counters.sticky_read_failures, 3);
+    let decoded = decode_message(&cps[0].encode()).expect("decodes");
+    let mut m = MetricsSnapshot::default();
+    assert!(apply(&mut m, &decoded));
+    assert!(!apply(&mut m, &decoded), "a redelivery adds nothing");
+    let m = MetricsSnapshot::from_json(&m.to_json());
+    assert!(render_prometheus(&m).contains("\nedgeflag_sticky_read_failures_total 3\n"));
+    assert!(t.checkpoint(20, ISOLATE).is_empty(), "taken once");
+}

@@ -79,9 +79,8 @@ async fn resolve_inner(body: Vec<u8>, call: &Call<'_>, started: f64) -> Result<:
         (Some(kv), true) => {
             let reads = first.reads.reads;
             let (set, failed) = sticky_kv::read(kv, &reads).await;
-            if failed > 0 {
-                ::worker::console_warn!("edgeflag: {failed} sticky reads failed; resolved as absent");
-            }
+            // Counted even if the resolve below fails: the read did fail.
+            super::telemetry::sticky_read_failures(failed);
             known = set;
             resolve::resolve(&snap, &request, Sticky::Known(&known), None).map_err(ApiError::from)?
         }

@@ -1,48 +1,81 @@
-//! Sticky assignments in Workers KV. One key per (unit, materialization,
-//! rule), written once and never read-modified-written, so concurrent
-//! requests cannot lose each other's writes; the variant rides in the key's
-//! metadata so a single `list` answers every read for a (unit,
-//! materialization) pair.
+//! Sticky assignments in Workers KV, in the layout of `crate::sticky_layout`.
+//! One key per (unit, materialization, rule), written once and never
+//! read-modify-written, so concurrent requests cannot lose each other's
+//! writes. Reads: one prefix `list` per (unit, materialization); keys that
+//! carry edgeflag's metadata answer from it, keys without (the reference
+//! worker's) get one bulk value read per pair. A pair whose reads fail is
+//! unavailable, never absent. Every KV call is bounded in time, and so is
+//! each pair's read as a whole (retries included).
 
+use super::runtime;
 use crate::resolve::sticky::{ReadKey, Record, StickySet};
+use crate::sticky_layout::{self, Listed, Meta};
 use ::worker::kv::KvStore;
-use std::collections::BTreeSet;
+use ::worker::Delay;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::time::Duration;
 
-/// `%` and `:` escaped so the parts of a key cannot run into each other.
-fn enc(s: &str) -> String {
-    s.replace('%', "%25").replace(':', "%3A")
+/// Per KV call attempt; two attempts at most. KV answers in milliseconds
+/// when healthy, so a call this slow is failing, and the resolve must not
+/// wait on it.
+const ATTEMPT_TIMEOUT_MS: f64 = 1000.0;
+const ATTEMPTS: usize = 2;
+/// All of one pair's calls (list, then value reads) end by this much after
+/// its read started, retries included.
+const PAIR_BUDGET_MS: f64 = 2000.0;
+/// Keys one bulk read may ask for (the binding's limit).
+const BULK_MAX: usize = 100;
+
+/// Runs `call` up to [`ATTEMPTS`] times, each cut off at
+/// [`ATTEMPT_TIMEOUT_MS`] or at `deadline_ms` (epoch ms), whichever is
+/// first; no retry without time left, so a failing KV never holds the
+/// request up for long.
+async fn bounded<T, F, Fut>(what: &str, deadline_ms: f64, mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ::worker::kv::KvError>>,
+{
+    let mut last = format!("{what}: no time left");
+    for _ in 0..ATTEMPTS {
+        let left = (deadline_ms - runtime::now_ms()).min(ATTEMPT_TIMEOUT_MS);
+        if left < 1.0 {
+            break;
+        }
+        let attempt = Box::pin(call());
+        let timeout = Delay::from(Duration::from_millis(left as u64));
+        match futures_util::future::select(attempt, timeout).await {
+            futures_util::future::Either::Left((Ok(v), _)) => return Ok(v),
+            futures_util::future::Either::Left((Err(e), _)) => last = format!("{what}: {e}"),
+            futures_util::future::Either::Right(_) => last = format!("{what}: no answer within {left:.0} ms"),
+        }
+    }
+    Err(last)
 }
 
-fn dec(s: &str) -> String {
-    s.replace("%3A", ":").replace("%25", "%")
-}
+/// What KV holds for one (unit, materialization): whether any key exists
+/// (membership) and rule → variant, or an error when it could not be read.
+type PairResult = Result<(bool, Vec<(String, String)>), String>;
 
-fn prefix(unit: &str, materialization: &str) -> String {
-    format!("mat:{}:{}:", enc(unit), enc(materialization))
-}
-
-pub fn key(r: &Record) -> String {
-    format!("{}{}", prefix(&r.unit, &r.materialization), enc(&r.rule))
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Meta {
-    v: String,
-}
-
-/// Answers `reads` from KV. A pair whose lookup fails after one quick retry
-/// is treated as absent and reported in the returned count; the resolve
-/// goes on rather than failing the request.
+/// Answers `reads` from KV, all pairs in parallel. Returns the set and how
+/// many pairs could not be read (marked unavailable in the set: flags that
+/// need them resolve as errors and write nothing).
 pub async fn read(kv: &KvStore, reads: &BTreeSet<ReadKey>) -> (StickySet, usize) {
-    let pairs: BTreeSet<(&str, &str)> = reads.iter().map(|r| (r.unit.as_str(), r.materialization.as_str())).collect();
-    let lookups = pairs.iter().map(|(u, m)| async move { (*u, *m, list_pair(kv, u, m).await) });
+    let mut wanted: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for r in reads {
+        let rules = wanted.entry((r.unit.as_str(), r.materialization.as_str())).or_default();
+        if !r.rule.is_empty() {
+            rules.insert(r.rule.as_str());
+        }
+    }
+    let lookups = wanted.iter().map(|((u, m), rules)| async move { (*u, *m, read_pair(kv, u, m, rules).await) });
     let results = futures_util::future::join_all(lookups).await;
     let mut set = StickySet::new();
     let mut failed = 0;
     for (unit, mat, result) in results {
         match result {
-            Ok(rules) if rules.is_empty() => {}
-            Ok(rules) => {
+            Ok((false, _)) => {}
+            Ok((true, rules)) => {
                 set.insert(unit, mat, "", "");
                 for (rule, variant) in rules {
                     set.insert(unit, mat, &rule, &variant);
@@ -50,49 +83,44 @@ pub async fn read(kv: &KvStore, reads: &BTreeSet<ReadKey>) -> (StickySet, usize)
             }
             Err(e) => {
                 failed += 1;
-                ::worker::console_error!("sticky read of {mat} for a unit failed: {e}");
+                set.mark_unavailable(unit, mat);
+                ::worker::console_error!("edgeflag: sticky read of {mat} for a unit failed: {e}");
             }
         }
     }
     (set, failed)
 }
 
-async fn list_pair(kv: &KvStore, unit: &str, mat: &str) -> Result<Vec<(String, String)>, String> {
-    let p = prefix(unit, mat);
-    let mut last = String::new();
-    // One retry: a transient KV error should not cost a sticky assignment,
-    // and a second failure must not hold the request up any longer.
-    for _ in 0..2 {
-        match kv.list().prefix(p.clone()).limit(1000).execute().await {
-            Ok(resp) => {
-                return Ok(resp
-                    .keys
-                    .into_iter()
-                    .filter_map(|k| {
-                        let rule = dec(k.name.strip_prefix(&p)?);
-                        let variant = k
-                            .metadata
-                            .and_then(|m| serde_json::from_value::<Meta>(m).ok())
-                            .map(|m| m.v)
-                            .unwrap_or_default();
-                        Some((rule, variant))
-                    })
-                    .collect())
-            }
-            Err(e) => last = e.to_string(),
-        }
+/// One pair: the listing (membership, and variants from metadata), then,
+/// only for `rules` asked about whose keys lack metadata, their values.
+async fn read_pair(kv: &KvStore, unit: &str, mat: &str, rules: &BTreeSet<&str>) -> PairResult {
+    let deadline = runtime::now_ms() + PAIR_BUDGET_MS;
+    let p = sticky_layout::prefix(unit, mat);
+    let listing = bounded("list", deadline, || kv.list().prefix(p.clone()).limit(1000).execute()).await?;
+    let keys: Vec<Listed> =
+        listing.keys.iter().filter_map(|k| sticky_layout::listed(&p, &k.name, k.metadata.as_ref())).collect();
+    let need = sticky_layout::value_reads(&keys, rules);
+    let mut values: HashMap<String, Option<String>> = HashMap::new();
+    for chunk in need.chunks(BULK_MAX) {
+        values.extend(bounded("value read", deadline, || kv.get_bulk(chunk).text()).await?);
     }
-    Err(last)
+    let variants = sticky_layout::variants(&keys, |k| values.get(k).and_then(|v| v.as_deref()))
+        .map(|(r, v)| (r.to_string(), v.to_string()))
+        .collect();
+    Ok((!keys.is_empty(), variants))
 }
 
-/// Stores `writes`; runs after the response (`wait_until`). Each write is
-/// retried once; failures are logged, never surfaced to the caller.
+/// Stores `writes`; runs after the response (`wait_until`). The variant is
+/// the value (what the reference worker reads) and also the metadata (so
+/// edgeflag's reads need only the listing). Each write is retried once;
+/// failures are logged, never surfaced to the caller.
 pub async fn write(kv: KvStore, writes: Vec<Record>, ttl_seconds: Option<u64>) {
     let puts = writes.iter().map(|r| {
         let kv = &kv;
         async move {
+            let key = sticky_layout::key(&r.unit, &r.materialization, &r.rule);
             for attempt in 0..2 {
-                let builder = match kv.put(&key(r), r.variant.as_str()) {
+                let builder = match kv.put(&key, r.variant.as_str()) {
                     Ok(b) => b,
                     Err(e) => {
                         ::worker::console_error!("sticky write failed: {e}");

@@ -54,6 +54,10 @@ pub fn failed_resolve(elapsed_ms: f64) {
     TELEMETRY.record_latency_us(micros(elapsed_ms));
 }
 
+pub fn sticky_read_failures(n: usize) {
+    TELEMETRY.record_sticky_read_failures(n as u64);
+}
+
 pub fn request(route: Route, status: u16) {
     TELEMETRY.record_request(route, status);
 }

@@ -37,6 +37,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -61,10 +62,22 @@ REQUEST_TIMEOUT = 10
 DEFAULT_SECRETS = {"RESOLVE_TOKEN_KEY": base64.b64encode(os.urandom(32)).decode()}
 
 
+# Ports handed out this session: instances started in parallel threads
+# must not be given the same free port before either has bound it.
+_PORTS_GIVEN: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with _PORTS_LOCK:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _PORTS_GIVEN:
+                _PORTS_GIVEN.add(port)
+                return port
+    raise RuntimeError("no free port not already handed out")
 
 
 def port_open(port: int) -> bool:
@@ -303,7 +316,8 @@ def launch_worker(
 
     Everything wrangler writes or watches is private to the instance:
     `tmp_dir` holds its config copy (and so its .wrangler/), its --persist-to
-    state, its env file, its dev registry and its wrangler logs."""
+    state (KV seeded there beforehand is kept), its env file, its dev
+    registry and its wrangler logs."""
     bundle = bundle or _session_bundle
     if bundle is None:
         raise RuntimeError("no bundle: use the built_worker fixture (or pass bundle=)")
