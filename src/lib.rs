@@ -25,11 +25,11 @@
 
 /// JSON requests in, JSON responses out, API errors.
 pub mod api;
-/// Exposure events and apply: resolutions and tokens into FlagAssigned.
-pub mod exposure;
 /// The `edgeflag` command-line tool.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+/// Exposure events and apply: resolutions and tokens into FlagAssigned.
+pub mod exposure;
 /// MurmurHash3 bucketing.
 pub mod hash;
 /// Generated wire types and their proto3 JSON mapping.

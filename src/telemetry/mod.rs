@@ -39,15 +39,16 @@
 //! `release_flush`. A restored checkpoint is resent, same id, by the next
 //! flush; the next request's claim schedules it.
 //!
-//! The consumer, per batch: [`decode_message`] each body (an error:
-//! [`MetricsSnapshot::record_malformed`], log, ack), [`apply`] each
-//! checkpoint to the metrics snapshot read from KV (redeliveries return
-//! `false` and add nothing), deliver [`aggregate`] of the decoded batch
-//! (recording [`MetricsSnapshot::record_delivery`] per attempt), then store
-//! the snapshot JSON and [`render_prometheus`] output, and only then
-//! return an error if delivery failed everywhere (the queue redelivers;
-//! logs go out again, metrics do not count twice).
+//! The consumer, per batch: [`decode_message`] each body (a malformed one
+//! is counted, logged and acked), send [`checkpoint_metrics`] of every
+//! checkpoint to the metrics Durable Object in one call (it runs
+//! [`apply_batch`]: each id at most once, the batch atomically), and only
+//! once it answered deliver [`aggregate`] of the batch; then report the
+//! delivery attempts and ack, or hand the messages back to the Queue if
+//! delivery failed everywhere (logs go out again, metrics do not count
+//! twice).
 
+pub mod aggregator;
 mod assign_log;
 pub mod consumer;
 mod envelope;
@@ -55,8 +56,9 @@ pub mod histogram;
 mod resolve_log;
 pub mod schema;
 
+pub use aggregator::{apply_batch, checkpoint_metrics, DedupRecord, MemoryDedup, Window};
 pub use assign_log::MAX_PENDING_ASSIGN_BYTES;
-pub use consumer::{aggregate, apply, render_prometheus, MetricsSnapshot};
+pub use consumer::{aggregate, render_prometheus, MetricsSnapshot};
 pub use envelope::{decode_message, Checkpoint, CheckpointId, DecodeError};
 pub use resolve_log::MAX_SCHEMAS_PER_CREDENTIAL;
 
