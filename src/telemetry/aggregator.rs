@@ -15,7 +15,7 @@
 //! at most), so a redelivery always finds its id; the number of isolates
 //! is not capped.
 
-use super::consumer::{MetricsSnapshot, Outcomes};
+use super::consumer::MetricsSnapshot;
 use super::envelope::Checkpoint;
 use crate::proto::edgeflag::v1 as ef;
 use serde::{Deserialize, Serialize};
@@ -180,7 +180,7 @@ pub fn apply_batch<D: DedupRecord>(
         next.record_malformed();
     }
     for d in &batch.deliveries {
-        let o = next.deliveries.entry(d.destination.clone()).or_insert_with(Outcomes::default);
+        let o = next.deliveries.entry(d.destination.clone()).or_default();
         o.ok = o.ok.saturating_add(d.ok);
         o.failed = o.failed.saturating_add(d.failed);
     }
