@@ -147,11 +147,27 @@ def _wait_ready(worker: Worker) -> None:
     )
 
 
+def write_config(tmp_dir: Path, edit: Callable[[str], str]) -> Path:
+    """A copy of wrangler.toml in `tmp_dir`, changed by `edit` (for what
+    `wrangler dev` flags cannot set, e.g. queue consumer settings), with
+    `main` made absolute so the copy finds the bundle."""
+    text = (REPO / "wrangler.toml").read_text()
+    main = 'main = "build/worker/shim.mjs"'
+    assert main in text, "wrangler.toml's main moved; update write_config"
+    path = tmp_dir / "wrangler.toml"
+    path.write_text(edit(text.replace(main, f"main = {json.dumps(str(BUNDLE_ENTRY))}")))
+    return path
+
+
 def launch_worker(
-    tmp_dir: Path, vars: dict[str, str] | None = None, secrets: dict[str, str] | None = None
+    tmp_dir: Path,
+    vars: dict[str, str] | None = None,
+    secrets: dict[str, str] | None = None,
+    config_edit: Callable[[str], str] | None = None,
 ) -> Worker:
     """Starts `wrangler dev` with wrangler.toml's vars overridden by `vars`
-    and with exactly `secrets` (DEFAULT_SECRETS when None) as secrets."""
+    and with exactly `secrets` (DEFAULT_SECRETS when None) as secrets;
+    `config_edit` runs it on an edited copy of wrangler.toml instead."""
     vars = dict(vars or {})
     secrets = dict(DEFAULT_SECRETS if secrets is None else secrets)
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +192,8 @@ def launch_worker(
             "--show-interactive-dev-session=false",
             "--log-level", "info",
         ]
+        if config_edit is not None:
+            cmd += ["--config", str(write_config(tmp_dir, config_edit))]
         for k, v in vars.items():
             cmd += ["--var", f"{k}:{v}"]
         env = dict(os.environ, WRANGLER_SEND_METRICS="false", NO_COLOR="1", FORCE_COLOR="0", CI="true")
