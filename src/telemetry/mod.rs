@@ -87,6 +87,9 @@ pub const MAX_MESSAGES_PER_CHECKPOINT: usize = 16;
 /// Pending exposure bytes that make a flush due at once.
 pub const FLUSH_NOW_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// The longest interval a throttled isolate backs off to. At 20,000
+/// isolates that is still about 330 messages a second in all.
+pub const MAX_FLUSH_INTERVAL_MS: u64 = 60_000;
 /// A flush claim older than this is presumed dead (its `wait_until` was
 /// cut off) and may be taken over.
 pub const FLUSH_LEASE_MS: u64 = 30_000;
@@ -160,6 +163,9 @@ pub struct Telemetry {
     /// 0 = free, else claim time + 1.
     flush_claim: AtomicU64,
     last_checkpoint_ms: AtomicU64,
+    /// The configured interval, and the current one (at least that; more
+    /// after the Queue throttled sends).
+    base_interval_ms: AtomicU64,
     interval_ms: AtomicU64,
 }
 
@@ -190,6 +196,7 @@ impl Telemetry {
             isolate: OnceLock::new(),
             flush_claim: AtomicU64::new(0),
             last_checkpoint_ms: AtomicU64::new(0),
+            base_interval_ms: AtomicU64::new(DEFAULT_FLUSH_INTERVAL_MS),
             interval_ms: AtomicU64::new(DEFAULT_FLUSH_INTERVAL_MS),
         }
     }
@@ -253,9 +260,32 @@ impl Telemetry {
     /// The outcome of sending one checkpoint. Does not by itself make a
     /// flush due (else every send would cause another): it rides along
     /// with the next checkpoint that has something else to say.
+    /// A successful send also walks a backed-off interval a quarter of the
+    /// way back to the configured one.
     pub fn record_queue_send(&self, ok: bool) {
         let c = if ok { &self.sends_ok } else { &self.sends_failed };
         c.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            let base = self.base_interval_ms.load(Ordering::Relaxed);
+            let _ = self.interval_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur > base).then(|| (cur - (cur - base).div_ceil(4)).max(base))
+            });
+        }
+    }
+
+    /// The Queue refused a send as over its rate (a 429): the caller keeps
+    /// the data ([`Self::restore`]) and this isolate flushes half as often,
+    /// up to [`MAX_FLUSH_INTERVAL_MS`], so fewer, larger messages carry it.
+    pub fn record_queue_throttled(&self) {
+        let base = self.base_interval_ms.load(Ordering::Relaxed);
+        let _ = self.interval_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+            Some(cur.saturating_mul(2).max(base).min(MAX_FLUSH_INTERVAL_MS.max(base)))
+        });
+    }
+
+    /// The current flush interval.
+    pub fn flush_interval_ms(&self) -> u64 {
+        self.interval_ms.load(Ordering::Relaxed)
     }
 
     /// Takes back a checkpoint whose send failed; the next checkpoint
@@ -271,9 +301,11 @@ impl Telemetry {
         }
     }
 
-    /// Sets the flush interval (0 restores the default).
+    /// Sets the configured flush interval (0 restores the default) and
+    /// resets any back-off.
     pub fn set_flush_interval_ms(&self, ms: u64) {
         let ms = if ms == 0 { DEFAULT_FLUSH_INTERVAL_MS } else { ms };
+        self.base_interval_ms.store(ms, Ordering::Relaxed);
         self.interval_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -531,6 +563,22 @@ impl Packer {
     fn finish(self) -> Vec<WriteFlagLogsRequest> {
         self.msgs.into_iter().map(|(r, _)| r).collect()
     }
+}
+
+/// Whether a Queue send failure is the Queue's rate limit (it throws "Too
+/// Many Requests", status 429) rather than a fault.
+pub fn is_throttled(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("429") || e.contains("too many requests")
+}
+
+/// Which of `queues` producer queues an isolate sends to: fixed per
+/// isolate (its random id spreads isolates evenly), so each queue takes
+/// about 1/n of the messages.
+pub fn pick_queue(isolate: &[u8; 16], queues: usize) -> usize {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&isolate[..8]);
+    (u64::from_le_bytes(first) % queues.max(1) as u64) as usize
 }
 
 #[cfg(test)]

@@ -266,3 +266,43 @@ fn a_resolution_from_another_snapshot_is_not_miscounted() {
     assert!(cp.logs.flag_resolve_info.is_empty());
     assert_eq!(cp.counters.unattributed, 1);
 }
+
+#[test]
+fn throttled_sends_back_off_and_recover() {
+    let t = Telemetry::new();
+    t.set_flush_interval_ms(500);
+    let mut seen = vec![t.flush_interval_ms()];
+    for _ in 0..10 {
+        t.record_queue_throttled();
+        seen.push(t.flush_interval_ms());
+    }
+    assert_eq!(&seen[..5], &[500, 1000, 2000, 4000, 8000]);
+    assert_eq!(t.flush_interval_ms(), MAX_FLUSH_INTERVAL_MS, "capped");
+    // Successes walk it back, never below the configured interval.
+    for _ in 0..100 {
+        t.record_queue_send(true);
+    }
+    assert_eq!(t.flush_interval_ms(), 500);
+    t.record_queue_throttled();
+    t.record_queue_send(true);
+    assert_eq!(t.flush_interval_ms(), 875, "a quarter of the way back");
+}
+
+#[test]
+fn throttling_and_queue_choice() {
+    assert!(super::is_throttled("Error: Too Many Requests"));
+    assert!(super::is_throttled("Queue send failed: 429"));
+    assert!(!super::is_throttled("Queue send failed: internal error"));
+    // Isolates spread evenly over the queues, each always to the same one.
+    let mut per_queue = [0usize; 3];
+    for i in 0..3000u64 {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        let q = super::pick_queue(&id, 3);
+        assert_eq!(q, super::pick_queue(&id, 3));
+        per_queue[q] += 1;
+    }
+    assert!(per_queue.iter().all(|&n| (900..=1100).contains(&n)), "{per_queue:?}");
+    assert_eq!(super::pick_queue(&[9; 16], 1), 0);
+    assert_eq!(super::pick_queue(&[9; 16], 0), 0);
+}

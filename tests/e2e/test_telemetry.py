@@ -467,13 +467,14 @@ def load_through_sink(
     bad: int,
     connections: int,
     config_edit: Callable[[str], str] | None = None,
+    vars: dict[str, str] | None = None,
 ) -> LoadRun:
     """A fresh instance delivering to `sink`, loaded with make_plan(web, stg,
     bad) from `connections` connections and drained; the instance and the
     sink are stopped before this returns, so the figures are final."""
     worker: Worker | None = None
     try:
-        worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url}, config_edit=config_edit)
+        worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url, **(vars or {})}, config_edit=config_edit)
         sent, sent_seconds = run_load(worker, make_plan(web, stg, bad), connections)
         exp = expectations(sent)
         with requests.Session() as http:
@@ -614,8 +615,9 @@ def test_failing_sink_recovers_without_double_counting(
 
 
 # Test 3: the consumer made to run several small batches at once (the copy
-# of wrangler.toml takes 4 messages a batch; the local broker does not
-# limit consumer concurrency, so batches overlap), and the sink fails its
+# of wrangler.toml takes 4 messages a batch, checkpoints come every 250 ms;
+# the local broker does not limit consumer concurrency, so batches
+# overlap), and the sink fails its
 # first deliveries: both /metrics paths count exactly, and the sink gets
 # every assignment exactly once.
 SMALL_BATCH = 4
@@ -633,7 +635,15 @@ def test_concurrent_small_batches_with_failing_sink_are_exact(
 ) -> None:
     tmp = tmp_path_factory.mktemp("telemetry-small-batches")
     run = load_through_sink(
-        tmp, Sink(fail_first=FAIL_FIRST), LOAD_WEB, LOAD_STG, LOAD_BAD, LOAD_CONNECTIONS, config_edit=small_batches
+        tmp,
+        Sink(fail_first=FAIL_FIRST),
+        LOAD_WEB,
+        LOAD_STG,
+        LOAD_BAD,
+        LOAD_CONNECTIONS,
+        config_edit=small_batches,
+        # Checkpoints 4x as often: enough messages for many small batches.
+        vars={"FLAG_LOGS_INTERVAL_MS": "250"},
     )
     exp, m, c = run.exp, run.metrics, run.consistent
     entries = assigned_entries(run.bodies)
