@@ -268,7 +268,7 @@ impl Telemetry {
         if ok {
             let base = self.base_interval_ms.load(Ordering::Relaxed);
             let _ = self.interval_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-                (cur > base).then(|| (cur - (cur - base).div_ceil(4)).max(base))
+                (cur > base).then(|| (cur - (cur - base).div_ceil(16)).max(base))
             });
         }
     }
@@ -286,6 +286,17 @@ impl Telemetry {
     /// The current flush interval.
     pub fn flush_interval_ms(&self) -> u64 {
         self.interval_ms.load(Ordering::Relaxed)
+    }
+
+    /// The wait before the next flush: the current interval, spread over
+    /// ±25% (by `salt`) while backed off, so isolates throttled together do
+    /// not all come back in the same instant.
+    pub fn next_flush_wait_ms(&self, salt: u64) -> u64 {
+        let cur = self.interval_ms.load(Ordering::Relaxed);
+        if cur <= self.base_interval_ms.load(Ordering::Relaxed) {
+            return cur;
+        }
+        cur - cur / 4 + mix(salt) % (cur / 2 + 1)
     }
 
     /// Takes back a checkpoint whose send failed; the next checkpoint
@@ -344,7 +355,11 @@ impl Telemetry {
             Ok(_) => now_ms,
             Err(last) => last,
         };
-        Some(last.saturating_add(self.interval_ms.load(Ordering::Relaxed)).max(now_ms))
+        let salt = self.sequence.load(Ordering::Relaxed)
+            ^ u64::from_le_bytes(
+                self.isolate.get().map_or([0; 8], |id| [id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]]),
+            );
+        Some(last.saturating_add(self.next_flush_wait_ms(salt)).max(now_ms))
     }
 
     /// Claims the right to schedule the next flush; `false` if another
@@ -563,6 +578,14 @@ impl Packer {
     fn finish(self) -> Vec<WriteFlagLogsRequest> {
         self.msgs.into_iter().map(|(r, _)| r).collect()
     }
+}
+
+/// splitmix64's finalizer: spreads a counter into well-mixed bits.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Whether a Queue send failure is the Queue's rate limit (it throws "Too

@@ -278,14 +278,18 @@ fn throttled_sends_back_off_and_recover() {
     }
     assert_eq!(&seen[..5], &[500, 1000, 2000, 4000, 8000]);
     assert_eq!(t.flush_interval_ms(), MAX_FLUSH_INTERVAL_MS, "capped");
-    // Successes walk it back, never below the configured interval.
-    for _ in 0..100 {
+    // Backed off, the waits spread over +-25% of the interval.
+    let waits: Vec<u64> = (0..1000).map(|salt| t.next_flush_wait_ms(salt)).collect();
+    assert!(waits.iter().all(|w| (45_000..=75_000).contains(w)), "{:?}", &waits[..10]);
+    assert!(waits.iter().max().unwrap_or(&0) - waits.iter().min().unwrap_or(&0) > 20_000, "spread");
+    // Successes walk it back slowly, never below the configured interval.
+    t.record_queue_send(true);
+    assert_eq!(t.flush_interval_ms(), 60_000 - 3_719, "a sixteenth of the way back");
+    for _ in 0..300 {
         t.record_queue_send(true);
     }
     assert_eq!(t.flush_interval_ms(), 500);
-    t.record_queue_throttled();
-    t.record_queue_send(true);
-    assert_eq!(t.flush_interval_ms(), 875, "a quarter of the way back");
+    assert_eq!(t.next_flush_wait_ms(7), 500, "no jitter at the configured interval");
 }
 
 #[test]
