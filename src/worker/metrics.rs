@@ -56,8 +56,17 @@ fn unavailable(e: &::worker::Error) -> ApiError {
     ApiError::new(503, "UNAVAILABLE", "metrics are unavailable right now; retry shortly")
 }
 
+fn ingest_token(env: &::worker::Env) -> Option<String> {
+    runtime::config(env, "METRICS_INGEST_TOKEN").filter(|t| !t.is_empty())
+}
+
+/// Whether `POST /v1/metrics:apply` exists here.
+pub fn ingest_enabled(env: &::worker::Env) -> bool {
+    ingest_token(env).is_some()
+}
+
 pub async fn apply(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response, ApiError> {
-    let Some(expected) = runtime::config(call.env, "METRICS_INGEST_TOKEN").filter(|t| !t.is_empty()) else {
+    let Some(expected) = ingest_token(call.env) else {
         return Err(http::not_found("/v1/metrics:apply"));
     };
     let header = call.headers.get("Authorization").ok().flatten().unwrap_or_default();

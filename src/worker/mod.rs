@@ -171,7 +171,9 @@ async fn dispatch(req: &Request, env: &Env, ctx: &Context) -> Result<Response, A
         return Ok(Response::empty().map_err(|e| http::internal(e.to_string()))?.with_status(204));
     }
     let path = normalize_path(&req.path());
-    let Some(route) = Route::from_path(&path) else {
+    let Some(route) = Route::from_path(&path).filter(|r| *r != Route::MetricsApply || metrics::ingest_enabled(env))
+    else {
+        // Unconfigured, the ingest route does not exist for any method.
         return Err(http::not_found(&path));
     };
     if method != route.method() {
