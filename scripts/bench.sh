@@ -2,7 +2,7 @@
 # edgeflag benchmarks, printed as markdown tables in one run.
 #
 #   bash scripts/bench.sh                     # every section
-#   bash scripts/bench.sh native size         # only some: native size workerd cold telemetry sticky
+#   bash scripts/bench.sh native size         # only some: native size workerd cold telemetry sticky scale
 #   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
 #
 # Sections (one function each):
@@ -31,6 +31,10 @@
 #                     the reference worker's (list + value read), nothing
 #                     stored, and a flag without sticky data; STICKY_UNITS
 #                     units each, 8 connections, straight at workerd.
+#   bench_scale       the telemetry pipeline simulated for 10, 1,000 and 20,000
+#                     isolates (tests/telemetry_scale.rs: real checkpoint sizes
+#                     and interval policy; queue, consumer, Durable Object and
+#                     KV rates). Native, no Worker; about 10 s.
 #
 # How the Worker is reached. `wrangler dev` (4.86) runs two workerd
 # processes in its process group: a dev proxy listening on --port and
@@ -727,14 +731,22 @@ bench_sticky() {
     echo
 }
 
+bench_scale() {
+    echo "## Telemetry at scale (simulated)"
+    echo
+    log "cargo test --test telemetry_scale (simulation)"
+    cargo test --quiet --test telemetry_scale -- --nocapture 2>/dev/null | grep -E '^(\||[0-9]+ requests/s)'
+    echo
+}
+
 # --- main ------------------------------------------------------------------------------------
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd cold telemetry sticky)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd cold telemetry sticky scale)
 echo "# edgeflag benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
 echo
 echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start."
 echo
-[ "${SECTIONS[*]}" = native ] || start_tools
+case "${SECTIONS[*]}" in native | scale | "native scale" | "scale native") ;; *) start_tools ;; esac
 for s in "${SECTIONS[@]}"; do
     case $s in
         native) bench_native ;;
@@ -743,7 +755,8 @@ for s in "${SECTIONS[@]}"; do
         cold | cold_start) bench_cold_start ;;
         telemetry) bench_telemetry ;;
         sticky) bench_sticky ;;
-        *) die "unknown section '$s' (native size workerd cold telemetry sticky)" ;;
+        scale) bench_scale ;;
+        *) die "unknown section '$s' (native size workerd cold telemetry sticky scale)" ;;
     esac
 done
 log "done in $((SECONDS - T0))s"

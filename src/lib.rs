@@ -15,9 +15,14 @@
 //!        telemetry (worker::telemetry)  record in the same synchronous window
 //!        api::write_resolve_response    JSON out
 //!   POST /v1/flags:apply    -> worker::flags::apply (token::open, exposure::apply)
-//!   GET  /metrics           -> worker::metrics (telemetry::render_prometheus)
+//!   GET  /metrics           -> worker::metrics: METRICS_KV copy (?consistent=1: the
+//!                              aggregator), telemetry::render_prometheus
+//!   POST /v1/metrics:apply  -> worker::metrics -> the aggregator (METRICS_INGEST_TOKEN)
 //!   GET  /v1/state:etag, POST /v1/telemetry:upload, OPTIONS: worker/mod.rs
-//! worker::queue (worker/consumer.rs)   checkpoints -> metrics KV + log delivery
+//! worker::queue (worker/consumer.rs)   checkpoint metrics -> aggregator, then log delivery
+//! MetricsAggregator (worker/metrics_do.rs)  Durable Object, the one writer of the
+//!                              metrics: telemetry::apply_batch in one SQLite
+//!                              transaction; alarm mirrors to METRICS_KV <= 1/s
 //! ```
 //!
 //! Everything outside `worker` is synchronous, free of I/O and globals
@@ -47,6 +52,6 @@ pub mod targeting;
 pub mod telemetry;
 /// Sealed resolve tokens.
 pub mod token;
-/// The Cloudflare Worker glue: routes, KV, Queue, clock.
+/// The Cloudflare Worker glue: routes, KV, Queue, Durable Objects, clock.
 #[cfg(target_arch = "wasm32")]
 pub mod worker;

@@ -381,16 +381,17 @@ fn concurrent_recording_and_checkpointing_is_exact() {
 
     // Metrics: apply everything, then every message again (redelivery).
     let mut m = MetricsSnapshot::default();
+    let mut dedup = telemetry::MemoryDedup::default();
     let mut applied = 0;
     for cp in &sender.delivered {
-        applied += usize::from(telemetry::apply(&mut m, cp));
+        applied += usize::from(telemetry::aggregator::apply(&mut m, &mut dedup, cp, 1));
     }
     assert_eq!(applied, distinct.len());
     for cp in &sender.delivered {
-        assert!(!telemetry::apply(&mut m, cp), "redelivery is not counted twice");
+        assert!(!telemetry::aggregator::apply(&mut m, &mut dedup, cp, 1), "redelivery is not counted twice");
     }
     let mut m = MetricsSnapshot::from_json(&m.to_json());
-    assert!(!telemetry::apply(&mut m, &sender.delivered[0]));
+    assert!(!telemetry::aggregator::apply(&mut m, &mut dedup, &sender.delivered[0], 3));
     assert_eq!(m.checkpoints, distinct.len() as u64);
     assert_eq!(m.resolves, expected.reasons);
     assert_eq!((m.latency.count, m.latency.sum), (expected.latency.count, expected.latency.sum));

@@ -2,13 +2,14 @@
 //! `WriteFlagLogsRequest` for delivery, and cumulative metrics that apply
 //! each checkpoint at most once, rendered as Prometheus text.
 
-use super::envelope::{unhex, Checkpoint, CheckpointId};
+use super::envelope::{Checkpoint, CheckpointId};
 use super::histogram::{bucket_upper_bound, Histogram, BUCKETS, LN_RATIO};
 use super::resolve_log::MAX_SCHEMAS_PER_CREDENTIAL;
 use super::schema::canonical_key;
 use crate::proto::admin::client_resolve_info::EvaluationContextSchemaInstance as SchemaInstance;
 use crate::proto::admin::flag_resolve_info::{AssignmentResolveInfo, RuleResolveInfo, VariantResolveInfo};
 use crate::proto::admin::{ClientResolveInfo, FlagResolveInfo};
+use crate::proto::edgeflag::v1 as ef;
 use crate::proto::resolver::telemetry_data::{ResolveLatency, ResolveRate, StateAge};
 use crate::proto::resolver::{ResolveReason, Sdk, TelemetryData, WriteFlagLogsRequest};
 use serde::{Deserialize, Serialize};
@@ -234,7 +235,7 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
-    fn add(&mut self, ok: bool, n: u64) {
+    pub(crate) fn add(&mut self, ok: bool, n: u64) {
         let c = if ok { &mut self.ok } else { &mut self.failed };
         *c = c.saturating_add(n);
     }
@@ -250,8 +251,9 @@ pub struct Dropped {
     pub unattributed: u64,
 }
 
-/// Cumulative metrics, stored as JSON in the metrics KV. Unknown or
-/// missing fields default, so older stored snapshots still load.
+/// Cumulative metrics: kept by the `MetricsAggregator` Durable Object and
+/// mirrored to the metrics KV as JSON. Unknown or missing fields default,
+/// so older stored snapshots still load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MetricsSnapshot {
@@ -273,7 +275,6 @@ pub struct MetricsSnapshot {
     pub dropped: Dropped,
     /// Sticky-assignment reads that failed (their flags resolved as errors).
     pub sticky_read_failures: u64,
-    pub applied: AppliedIds,
 }
 
 impl MetricsSnapshot {
@@ -298,121 +299,41 @@ impl MetricsSnapshot {
     }
 }
 
-/// Adds a checkpoint's metrics once: `false` (and nothing added but the
-/// duplicate count) if this id was applied before.
-pub fn apply(snapshot: &mut MetricsSnapshot, cp: &Checkpoint) -> bool {
-    if !snapshot.applied.insert(&cp.id, cp.created_ms) {
-        snapshot.duplicate_checkpoints = snapshot.duplicate_checkpoints.saturating_add(1);
-        return false;
-    }
-    let s = snapshot;
-    s.checkpoints = s.checkpoints.saturating_add(1);
-    s.flag_assigned_events = s.flag_assigned_events.saturating_add(cp.logs.flag_assigned.len() as u64);
-    let c = &cp.counters;
-    if let Some(l) = &c.latency {
-        s.latency.add_envelope(l);
-    }
-    for r in &c.resolves {
-        let name = match ResolveReason::try_from(r.reason) {
-            Ok(reason) => reason.as_str_name().to_string(),
-            Err(_) => format!("RESOLVE_REASON_{}", r.reason),
-        };
-        let n = s.resolves.entry(name).or_default();
-        *n = n.saturating_add(r.count);
-    }
-    s.queue_sends.add(true, c.queue_sends_ok);
-    s.queue_sends.add(false, c.queue_sends_failed);
-    for r in &c.requests {
-        let n = s.requests.entry(r.route.clone()).or_default().entry(format!("{}xx", r.status_class)).or_default();
-        *n = n.saturating_add(r.count);
-    }
-    for r in &c.credential_resolves {
-        let n = s.credential_resolves.entry(r.client_credential.clone()).or_default();
-        *n = n.saturating_add(r.resolves);
-    }
-    let d = &mut s.dropped;
-    d.assign_events = d.assign_events.saturating_add(c.dropped_assign_events);
-    d.schemas = d.schemas.saturating_add(c.dropped_schemas);
-    d.checkpoints = d.checkpoints.saturating_add(c.dropped_checkpoints);
-    d.unattributed = d.unattributed.saturating_add(c.unattributed);
-    s.sticky_read_failures = s.sticky_read_failures.saturating_add(c.sticky_read_failures);
-    true
-}
-
-/// Isolates remembered; past this the least recently heard from goes.
-pub const MAX_ISOLATES: usize = 4096;
-/// Out-of-order sequences remembered per isolate above its floor.
-pub const MAX_OUT_OF_ORDER: usize = 1024;
-/// An isolate not heard from for this long (by producer clock, relative to
-/// the newest checkpoint seen) is forgotten: redeliveries come far sooner.
-pub const ISOLATE_TTL_MS: u64 = 60 * 60 * 1000;
-
-/// Which checkpoint ids were applied, per isolate: every sequence below
-/// `floor`, plus the sorted `above` list. Producers number messages from 0
-/// and retry failed ones within a few checkpoints, so `above` stays short
-/// (gaps are retries in flight) and this stays small in KV, unlike a flat
-/// list of the last N ids. Bounded three ways: at most
-/// [`MAX_OUT_OF_ORDER`] entries above the floor (the floor then jumps:
-/// very late stragglers are taken as applied), at most [`MAX_ISOLATES`]
-/// isolates, and [`ISOLATE_TTL_MS`] of silence.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct AppliedIds {
-    isolates: BTreeMap<String, IsolateWindow>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-struct IsolateWindow {
-    floor: u64,
-    above: Vec<u64>,
-    last_seen_ms: u64,
-}
-
-impl AppliedIds {
-    pub fn contains(&self, id: &CheckpointId) -> bool {
-        self.isolates
-            .get(&id.isolate_hex())
-            .is_some_and(|w| id.sequence < w.floor || w.above.binary_search(&id.sequence).is_ok())
-    }
-
-    /// Marks `id` applied; `false` if it already was.
-    pub fn insert(&mut self, id: &CheckpointId, seen_ms: u64) -> bool {
-        let w = self.isolates.entry(id.isolate_hex()).or_default();
-        w.last_seen_ms = w.last_seen_ms.max(seen_ms);
-        let pos = match w.above.binary_search(&id.sequence) {
-            _ if id.sequence < w.floor => return false,
-            Ok(_) => return false,
-            Err(pos) => pos,
-        };
-        w.above.insert(pos, id.sequence);
-        if w.above.len() > MAX_OUT_OF_ORDER {
-            let cut = w.above.len() - MAX_OUT_OF_ORDER;
-            w.floor = w.above.get(cut).copied().unwrap_or(w.floor);
-            w.above.drain(..cut);
+impl MetricsSnapshot {
+    /// Adds one checkpoint's metrics. Callers make sure each checkpoint
+    /// is added once (see `aggregator::apply_batch`).
+    pub fn add_checkpoint(&mut self, flag_assigned: u64, counters: Option<&ef::Counters>) {
+        let s = self;
+        s.checkpoints = s.checkpoints.saturating_add(1);
+        s.flag_assigned_events = s.flag_assigned_events.saturating_add(flag_assigned);
+        let Some(c) = counters else { return };
+        if let Some(l) = &c.latency {
+            s.latency.add_envelope(l);
         }
-        while w.above.first() == Some(&w.floor) {
-            w.above.remove(0);
-            w.floor += 1;
-        }
-        self.evict();
-        true
-    }
-
-    pub fn isolates(&self) -> usize {
-        self.isolates.len()
-    }
-
-    fn evict(&mut self) {
-        let newest = self.isolates.values().map(|w| w.last_seen_ms).max().unwrap_or(0);
-        self.isolates.retain(|k, w| unhex(k).is_some() && w.last_seen_ms.saturating_add(ISOLATE_TTL_MS) >= newest);
-        while self.isolates.len() > MAX_ISOLATES {
-            let oldest = self.isolates.iter().min_by_key(|(_, w)| w.last_seen_ms).map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => self.isolates.remove(&k),
-                None => break,
+        for r in &c.resolves {
+            let name = match ResolveReason::try_from(r.reason) {
+                Ok(reason) => reason.as_str_name().to_string(),
+                Err(_) => format!("RESOLVE_REASON_{}", r.reason),
             };
+            let n = s.resolves.entry(name).or_default();
+            *n = n.saturating_add(r.count);
         }
+        s.queue_sends.add(true, c.queue_sends_ok);
+        s.queue_sends.add(false, c.queue_sends_failed);
+        for r in &c.requests {
+            let n = s.requests.entry(r.route.clone()).or_default().entry(format!("{}xx", r.status_class)).or_default();
+            *n = n.saturating_add(r.count);
+        }
+        for r in &c.credential_resolves {
+            let n = s.credential_resolves.entry(r.client_credential.clone()).or_default();
+            *n = n.saturating_add(r.resolves);
+        }
+        let d = &mut s.dropped;
+        d.assign_events = d.assign_events.saturating_add(c.dropped_assign_events);
+        d.schemas = d.schemas.saturating_add(c.dropped_schemas);
+        d.checkpoints = d.checkpoints.saturating_add(c.dropped_checkpoints);
+        d.unattributed = d.unattributed.saturating_add(c.unattributed);
+        s.sticky_read_failures = s.sticky_read_failures.saturating_add(c.sticky_read_failures);
     }
 }
 
@@ -663,16 +584,18 @@ mod tests {
 
     #[test]
     fn metrics_apply_is_idempotent() {
+        use crate::telemetry::aggregator::{apply, MemoryDedup};
         let mut m = MetricsSnapshot::default();
+        let mut d = MemoryDedup::default();
         let a = cp(0, WriteFlagLogsRequest::default(), counters(1, &[250, 1000]));
         let b = cp(1, WriteFlagLogsRequest::default(), counters(0, &[1000]));
-        assert!(apply(&mut m, &a));
-        assert!(!apply(&mut m, &a));
-        assert!(apply(&mut m, &b));
-        assert!(!apply(&mut m, &b));
-        // Round trip through the stored JSON: still remembers.
+        assert!(apply(&mut m, &mut d, &a, 1));
+        assert!(!apply(&mut m, &mut d, &a, 1));
+        assert!(apply(&mut m, &mut d, &b, 1));
+        assert!(!apply(&mut m, &mut d, &b, 1));
+        // Round trip through the mirrored JSON: the counts survive.
         let mut m = MetricsSnapshot::from_json(&m.to_json());
-        assert!(!apply(&mut m, &a));
+        assert!(!apply(&mut m, &mut d, &a, 2));
         assert_eq!((m.latency.count, m.latency.sum), (3, 2250));
         assert_eq!(m.latency.buckets[43], 1);
         assert_eq!(m.latency.buckets[54], 2);
@@ -683,48 +606,10 @@ mod tests {
         assert_eq!(MetricsSnapshot::from_json("not json"), MetricsSnapshot::default());
     }
 
-    #[test]
-    fn applied_ids_handle_reordering_and_stay_bounded() {
-        let mut ids = AppliedIds::default();
-        let id = |isolate: u8, sequence| CheckpointId { isolate: [isolate; 16], sequence };
-        for seq in [3, 0, 2] {
-            assert!(ids.insert(&id(1, seq), 10));
-        }
-        assert!(!ids.insert(&id(1, 0), 10) && !ids.insert(&id(1, 3), 10));
-        assert!(!ids.contains(&id(1, 1)));
-        assert!(ids.insert(&id(1, 1), 10));
-        assert_eq!(ids.isolates[&id(1, 0).isolate_hex()], IsolateWindow { floor: 4, above: vec![], last_seen_ms: 10 });
-
-        // A long gap: `above` stays bounded, the floor jumps.
-        for seq in 10..(10 + MAX_OUT_OF_ORDER as u64 + 5) {
-            assert!(ids.insert(&id(2, seq), 20));
-        }
-        let w = &ids.isolates[&id(2, 0).isolate_hex()];
-        assert!(w.above.len() <= MAX_OUT_OF_ORDER);
-        assert!(ids.contains(&id(2, 3)), "below the floor counts as applied");
-
-        // Silent isolates expire.
-        assert!(ids.insert(&id(3, 0), 20 + ISOLATE_TTL_MS + 1));
-        assert_eq!(ids.isolates(), 1);
-    }
-
-    #[test]
-    fn isolate_count_is_capped() {
-        let mut ids = AppliedIds::default();
-        for i in 0..(MAX_ISOLATES as u64 + 10) {
-            let mut isolate = [0u8; 16];
-            isolate[..8].copy_from_slice(&i.to_le_bytes());
-            assert!(ids.insert(&CheckpointId { isolate, sequence: 0 }, i));
-        }
-        assert_eq!(ids.isolates(), MAX_ISOLATES);
-        let mut first = [0u8; 16];
-        first[..8].copy_from_slice(&0u64.to_le_bytes());
-        assert!(!ids.contains(&CheckpointId { isolate: first, sequence: 0 }), "the oldest went first");
-    }
-
     fn sample_metrics() -> MetricsSnapshot {
         let mut m = MetricsSnapshot::default();
-        apply(&mut m, &cp(0, WriteFlagLogsRequest::default(), counters(2, &[0, 250, 1000, 1000, 4_000_000])));
+        let c = cp(0, WriteFlagLogsRequest::default(), counters(2, &[0, 250, 1000, 1000, 4_000_000]));
+        m.add_checkpoint(0, Some(&c.counters));
         m.resolves.insert("RESOLVE_REASON_ERROR".into(), 1);
         m.resolves.insert("RESOLVE_REASON_FLAG_ARCHIVED".into(), 0);
         m.record_delivery("edge", true);

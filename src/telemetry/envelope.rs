@@ -41,28 +41,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-pub(crate) fn unhex(s: &str) -> Option<[u8; 16]> {
-    let b = s.as_bytes();
-    if b.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        let [h, l] = pair else { return None };
-        *o = (nibble(*h)? << 4) | nibble(*l)?;
-    }
-    Some(out)
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// One queue message's content. Send [`Checkpoint::encode`]; on a failed
 /// send hand it back with `Telemetry::restore` so it is retried unchanged,
 /// id included.
@@ -167,7 +145,6 @@ mod tests {
         let generic = ef::Checkpoint::decode(bytes.as_slice()).expect("proto");
         assert_eq!(generic.encode_to_vec(), bytes);
         assert_eq!(cp.id.to_string(), format!("{}-7", hex(b"0123456789abcdef")));
-        assert_eq!(unhex(&cp.id.isolate_hex()), Some(cp.id.isolate));
     }
 
     #[test]
@@ -179,6 +156,5 @@ mod tests {
         assert_eq!(decode_message(&m.encode_to_vec()), Err(DecodeError::IsolateId(3)));
         m.format = 2;
         assert_eq!(decode_message(&m.encode_to_vec()), Err(DecodeError::Format(2)));
-        assert_eq!(unhex("zz"), None);
     }
 }

@@ -39,15 +39,16 @@
 //! `release_flush`. A restored checkpoint is resent, same id, by the next
 //! flush; the next request's claim schedules it.
 //!
-//! The consumer, per batch: [`decode_message`] each body (an error:
-//! [`MetricsSnapshot::record_malformed`], log, ack), [`apply`] each
-//! checkpoint to the metrics snapshot read from KV (redeliveries return
-//! `false` and add nothing), deliver [`aggregate`] of the decoded batch
-//! (recording [`MetricsSnapshot::record_delivery`] per attempt), then store
-//! the snapshot JSON and [`render_prometheus`] output, and only then
-//! return an error if delivery failed everywhere (the queue redelivers;
-//! logs go out again, metrics do not count twice).
+//! The consumer, per batch: [`decode_message`] each body (a malformed one
+//! is counted, logged and acked), send [`checkpoint_metrics`] of every
+//! checkpoint to the metrics Durable Object in one call (it runs
+//! [`apply_batch`]: each id at most once, the batch atomically), and only
+//! once it answered deliver [`aggregate`] of the batch; then report the
+//! delivery attempts and ack, or hand the messages back to the Queue if
+//! delivery failed everywhere (logs go out again, metrics do not count
+//! twice).
 
+pub mod aggregator;
 mod assign_log;
 pub mod consumer;
 mod envelope;
@@ -55,8 +56,9 @@ pub mod histogram;
 mod resolve_log;
 pub mod schema;
 
+pub use aggregator::{apply_batch, checkpoint_metrics, DedupRecord, MemoryDedup, Window};
 pub use assign_log::MAX_PENDING_ASSIGN_BYTES;
-pub use consumer::{aggregate, apply, render_prometheus, MetricsSnapshot};
+pub use consumer::{aggregate, render_prometheus, MetricsSnapshot};
 pub use envelope::{decode_message, Checkpoint, CheckpointId, DecodeError};
 pub use resolve_log::MAX_SCHEMAS_PER_CREDENTIAL;
 
@@ -85,6 +87,9 @@ pub const MAX_MESSAGES_PER_CHECKPOINT: usize = 16;
 /// Pending exposure bytes that make a flush due at once.
 pub const FLUSH_NOW_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 1000;
+/// The longest interval a throttled isolate backs off to. At 20,000
+/// isolates that is still about 330 messages a second in all.
+pub const MAX_FLUSH_INTERVAL_MS: u64 = 60_000;
 /// A flush claim older than this is presumed dead (its `wait_until` was
 /// cut off) and may be taken over.
 pub const FLUSH_LEASE_MS: u64 = 30_000;
@@ -159,6 +164,9 @@ pub struct Telemetry {
     /// 0 = free, else claim time + 1.
     flush_claim: AtomicU64,
     last_checkpoint_ms: AtomicU64,
+    /// The configured interval, and the current one (at least that; more
+    /// after the Queue throttled sends).
+    base_interval_ms: AtomicU64,
     interval_ms: AtomicU64,
 }
 
@@ -190,6 +198,7 @@ impl Telemetry {
             isolate: OnceLock::new(),
             flush_claim: AtomicU64::new(0),
             last_checkpoint_ms: AtomicU64::new(0),
+            base_interval_ms: AtomicU64::new(DEFAULT_FLUSH_INTERVAL_MS),
             interval_ms: AtomicU64::new(DEFAULT_FLUSH_INTERVAL_MS),
         }
     }
@@ -261,9 +270,43 @@ impl Telemetry {
     /// The outcome of sending one checkpoint. Does not by itself make a
     /// flush due (else every send would cause another): it rides along
     /// with the next checkpoint that has something else to say.
+    /// A successful send also walks a backed-off interval a quarter of the
+    /// way back to the configured one.
     pub fn record_queue_send(&self, ok: bool) {
         let c = if ok { &self.sends_ok } else { &self.sends_failed };
         c.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            let base = self.base_interval_ms.load(Ordering::Relaxed);
+            let _ = self.interval_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur > base).then(|| (cur - (cur - base).div_ceil(16)).max(base))
+            });
+        }
+    }
+
+    /// The Queue refused a send as over its rate (a 429): the caller keeps
+    /// the data ([`Self::restore`]) and this isolate flushes half as often,
+    /// up to [`MAX_FLUSH_INTERVAL_MS`], so fewer, larger messages carry it.
+    pub fn record_queue_throttled(&self) {
+        let base = self.base_interval_ms.load(Ordering::Relaxed);
+        let _ = self.interval_ms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+            Some(cur.saturating_mul(2).max(base).min(MAX_FLUSH_INTERVAL_MS.max(base)))
+        });
+    }
+
+    /// The current flush interval.
+    pub fn flush_interval_ms(&self) -> u64 {
+        self.interval_ms.load(Ordering::Relaxed)
+    }
+
+    /// The wait before the next flush: the current interval, spread over
+    /// ±25% (by `salt`) while backed off, so isolates throttled together do
+    /// not all come back in the same instant.
+    pub fn next_flush_wait_ms(&self, salt: u64) -> u64 {
+        let cur = self.interval_ms.load(Ordering::Relaxed);
+        if cur <= self.base_interval_ms.load(Ordering::Relaxed) {
+            return cur;
+        }
+        cur - cur / 4 + mix(salt) % (cur / 2 + 1)
     }
 
     /// Takes back a checkpoint whose send failed; the next checkpoint
@@ -279,9 +322,11 @@ impl Telemetry {
         }
     }
 
-    /// Sets the flush interval (0 restores the default).
+    /// Sets the configured flush interval (0 restores the default) and
+    /// resets any back-off.
     pub fn set_flush_interval_ms(&self, ms: u64) {
         let ms = if ms == 0 { DEFAULT_FLUSH_INTERVAL_MS } else { ms };
+        self.base_interval_ms.store(ms, Ordering::Relaxed);
         self.interval_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -320,7 +365,11 @@ impl Telemetry {
             Ok(_) => now_ms,
             Err(last) => last,
         };
-        Some(last.saturating_add(self.interval_ms.load(Ordering::Relaxed)).max(now_ms))
+        let salt = self.sequence.load(Ordering::Relaxed)
+            ^ u64::from_le_bytes(
+                self.isolate.get().map_or([0; 8], |id| [id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]]),
+            );
+        Some(last.saturating_add(self.next_flush_wait_ms(salt)).max(now_ms))
     }
 
     /// Claims the right to schedule the next flush; `false` if another
@@ -540,6 +589,30 @@ impl Packer {
     fn finish(self) -> Vec<WriteFlagLogsRequest> {
         self.msgs.into_iter().map(|(r, _)| r).collect()
     }
+}
+
+/// splitmix64's finalizer: spreads a counter into well-mixed bits.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Whether a Queue send failure is the Queue's rate limit (it throws "Too
+/// Many Requests", status 429) rather than a fault.
+pub fn is_throttled(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("429") || e.contains("too many requests")
+}
+
+/// Which of `queues` producer queues an isolate sends to: fixed per
+/// isolate (its random id spreads isolates evenly), so each queue takes
+/// about 1/n of the messages.
+pub fn pick_queue(isolate: &[u8; 16], queues: usize) -> usize {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&isolate[..8]);
+    (u64::from_le_bytes(first) % queues.max(1) as u64) as usize
 }
 
 #[cfg(test)]

@@ -279,9 +279,54 @@ fn sticky_read_failures_reach_the_metrics() {
     assert_eq!(cps[0].counters.sticky_read_failures, 3);
     let decoded = decode_message(&cps[0].encode()).expect("decodes");
     let mut m = MetricsSnapshot::default();
-    assert!(apply(&mut m, &decoded));
-    assert!(!apply(&mut m, &decoded), "a redelivery adds nothing");
+    let mut dedup = aggregator::MemoryDedup::default();
+    assert!(aggregator::apply(&mut m, &mut dedup, &decoded, 10));
+    assert!(!aggregator::apply(&mut m, &mut dedup, &decoded, 11), "a redelivery adds nothing");
     let m = MetricsSnapshot::from_json(&m.to_json());
     assert!(render_prometheus(&m).contains("\nedgeflag_sticky_read_failures_total 3\n"));
     assert!(t.checkpoint(20, ISOLATE).is_empty(), "taken once");
+}
+
+#[test]
+fn throttled_sends_back_off_and_recover() {
+    let t = Telemetry::new();
+    t.set_flush_interval_ms(500);
+    let mut seen = vec![t.flush_interval_ms()];
+    for _ in 0..10 {
+        t.record_queue_throttled();
+        seen.push(t.flush_interval_ms());
+    }
+    assert_eq!(&seen[..5], &[500, 1000, 2000, 4000, 8000]);
+    assert_eq!(t.flush_interval_ms(), MAX_FLUSH_INTERVAL_MS, "capped");
+    // Backed off, the waits spread over +-25% of the interval.
+    let waits: Vec<u64> = (0..1000).map(|salt| t.next_flush_wait_ms(salt)).collect();
+    assert!(waits.iter().all(|w| (45_000..=75_000).contains(w)), "{:?}", &waits[..10]);
+    assert!(waits.iter().max().unwrap_or(&0) - waits.iter().min().unwrap_or(&0) > 20_000, "spread");
+    // Successes walk it back slowly, never below the configured interval.
+    t.record_queue_send(true);
+    assert_eq!(t.flush_interval_ms(), 60_000 - 3_719, "a sixteenth of the way back");
+    for _ in 0..300 {
+        t.record_queue_send(true);
+    }
+    assert_eq!(t.flush_interval_ms(), 500);
+    assert_eq!(t.next_flush_wait_ms(7), 500, "no jitter at the configured interval");
+}
+
+#[test]
+fn throttling_and_queue_choice() {
+    assert!(super::is_throttled("Error: Too Many Requests"));
+    assert!(super::is_throttled("Queue send failed: 429"));
+    assert!(!super::is_throttled("Queue send failed: internal error"));
+    // Isolates spread evenly over the queues, each always to the same one.
+    let mut per_queue = [0usize; 3];
+    for i in 0..3000u64 {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+        let q = super::pick_queue(&id, 3);
+        assert_eq!(q, super::pick_queue(&id, 3));
+        per_queue[q] += 1;
+    }
+    assert!(per_queue.iter().all(|&n| (900..=1100).contains(&n)), "{per_queue:?}");
+    assert_eq!(super::pick_queue(&[9; 16], 1), 0);
+    assert_eq!(super::pick_queue(&[9; 16], 0), 0);
 }

@@ -1,21 +1,25 @@
-//! The Queue consumer: decodes each checkpoint message, folds the batch into
-//! the cumulative metrics in KV (idempotent per checkpoint id), and delivers
-//! the aggregated flag logs — primary destination, then fallback. Transient
-//! delivery failures are retried a few times with a short fixed delay; if
-//! every destination still fails, the messages are handed back to the Queue
-//! (which redelivers, then dead-letters) and the metrics, already counted,
-//! are not counted again.
+//! The Queue consumer: decodes each checkpoint message, sends the batch's
+//! metrics to the `MetricsAggregator` Durable Object in one call (it
+//! applies each checkpoint id once; the consumer never reads or writes the
+//! metrics itself), then delivers the aggregated flag logs — primary
+//! destination, then fallback — and reports the delivery attempts.
+//! Transient delivery failures are retried a few times with a short fixed
+//! delay; if every destination still fails, the messages are handed back
+//! to the Queue (which redelivers, then dead-letters) and the aggregator,
+//! which already counted them, ignores them when they come again. If the
+//! aggregator cannot be reached, nothing is delivered and the whole batch
+//! is retried.
 
-use super::{flags, runtime};
+use super::{flags, metrics_do, runtime};
 use crate::proto::admin::resolver_state::LogDestination;
+use crate::proto::edgeflag::v1 as ef;
 use crate::proto::resolver::WriteFlagLogsRequest;
-use crate::telemetry::{self, Checkpoint, MetricsSnapshot};
+use crate::telemetry::{self, Checkpoint};
 use ::worker::{Context, Delay, Env, Fetch, Headers, MessageBatch, MessageExt, Method, RequestInit};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use wasm_bindgen::JsCast;
 
-/// KV key of the cumulative metrics snapshot.
-pub const METRICS_KEY: &str = "metrics:snapshot";
 const DELIVERY_ATTEMPTS: u32 = 3;
 const RETRY_DELAY_MS: u64 = 200;
 const CONFIDENCE_EDGE_URL: &str = "https://resolver.confidence.dev/v1/clientFlagLogs:write";
@@ -74,7 +78,7 @@ fn body_bytes(v: &wasm_bindgen::JsValue) -> Option<Vec<u8>> {
 
 pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) -> ::worker::Result<()> {
     let mut decoded: Vec<(::worker::RawMessage, Checkpoint)> = Vec::new();
-    let mut malformed = 0u32;
+    let mut malformed: Vec<::worker::RawMessage> = Vec::new();
     for msg in batch.raw_iter() {
         match body_bytes(&msg.body())
             .ok_or_else(|| "not bytes".to_string())
@@ -82,37 +86,50 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Con
         {
             Ok(cp) => decoded.push((msg, cp)),
             Err(e) => {
-                // Retrying cannot fix a message that does not decode.
                 ::worker::console_error!("edgeflag: dropping a malformed flag-log message: {e}");
-                malformed += 1;
-                msg.ack();
+                malformed.push(msg);
             }
         }
     }
 
-    let kv = env.kv("METRICS_KV").ok();
-    let mut metrics = match &kv {
-        Some(kv) => read_metrics(kv).await,
-        None => None,
+    // Metrics first, and only through the aggregator: once it answered,
+    // these checkpoints count, whatever happens to their delivery.
+    let metrics = ef::MetricsBatch {
+        checkpoints: decoded.iter().map(|(_, cp)| telemetry::checkpoint_metrics(cp)).collect(),
+        malformed_messages: malformed.len() as u64,
+        deliveries: Vec::new(),
     };
-    if let Some((m, _)) = metrics.as_mut() {
-        for _ in 0..malformed {
-            m.record_malformed();
+    if let Err(e) = send_metrics(&env, &metrics).await {
+        // Nothing was counted: the Queue brings the whole batch back.
+        ::worker::console_error!("edgeflag: metrics aggregator unavailable, batch retried: {e}");
+        for msg in malformed {
+            msg.retry();
         }
-        for (_, cp) in &decoded {
-            telemetry::apply(m, cp);
+        for (msg, _) in decoded {
+            msg.retry();
         }
+        return Ok(());
+    }
+    // Retrying cannot fix a message that does not decode.
+    for msg in malformed {
+        msg.ack();
+    }
+    if decoded.is_empty() {
+        return Ok(());
     }
 
-    let delivered = if decoded.is_empty() {
-        true
-    } else {
-        let logs = telemetry::aggregate(decoded.iter().map(|(_, cp)| cp));
-        deliver(&env, &logs, metrics.as_mut().map(|(m, _)| m)).await
-    };
-
-    if let (Some(kv), Some((m, written_ms))) = (&kv, metrics) {
-        write_metrics(kv, &m, written_ms).await;
+    let logs = telemetry::aggregate(decoded.iter().map(|(_, cp)| cp));
+    let mut attempts: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
+    let delivered = deliver(&env, &logs, &mut attempts).await;
+    if !attempts.is_empty() {
+        let deliveries = attempts
+            .into_iter()
+            .map(|(destination, (ok, failed))| ef::DeliveryCount { destination: destination.into(), ok, failed })
+            .collect();
+        let report = ef::MetricsBatch { deliveries, ..Default::default() };
+        if let Err(e) = send_metrics(&env, &report).await {
+            ::worker::console_error!("edgeflag: delivery attempts not counted: {e}");
+        }
     }
     for (msg, _) in decoded {
         if delivered {
@@ -124,65 +141,34 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Con
     Ok(())
 }
 
-#[derive(serde::Serialize, serde::Deserialize, Default)]
-struct WrittenAt {
-    ms: f64,
-}
-
-pub async fn read_metrics(kv: &::worker::kv::KvStore) -> Option<(MetricsSnapshot, f64)> {
-    for _ in 0..2 {
-        match kv.get(METRICS_KEY).text_with_metadata::<WrittenAt>().await {
-            Ok((text, meta)) => {
-                let snap = text.map(|t| MetricsSnapshot::from_json(&t)).unwrap_or_default();
-                return Some((snap, meta.map(|m| m.ms).unwrap_or(0.0)));
-            }
-            Err(e) => ::worker::console_error!("edgeflag: reading metrics failed: {e}"),
-        }
-    }
-    None
-}
-
-async fn write_metrics(kv: &::worker::kv::KvStore, m: &MetricsSnapshot, written_ms: f64) {
-    // KV allows one write per second per key: wait out the remainder.
-    let since = runtime::now_ms() - written_ms;
-    if since < 1000.0 {
-        Delay::from(Duration::from_millis((1000.0 - since).clamp(0.0, 1000.0) as u64 + 5)).await;
-    }
-    let json = m.to_json();
-    for attempt in 0..3 {
-        let put = kv.put(METRICS_KEY, json.as_str()).and_then(|p| p.metadata(WrittenAt { ms: runtime::now_ms() }));
-        let result = match put {
-            Ok(p) => p.execute().await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                ::worker::console_error!("edgeflag: writing metrics failed (attempt {}): {e}", attempt + 1);
-                Delay::from(Duration::from_millis(1000)).await;
-            }
-        }
+async fn send_metrics(env: &Env, batch: &ef::MetricsBatch) -> Result<(), String> {
+    let body = prost::Message::encode_to_vec(batch);
+    match metrics_do::apply(env, &body, "application/x-protobuf").await? {
+        (200, _) => Ok(()),
+        (status, why) => Err(format!("HTTP {status}: {why}")),
     }
 }
 
 /// Primary, then fallback. True once one destination took the batch.
-async fn deliver(env: &Env, logs: &WriteFlagLogsRequest, mut metrics: Option<&mut MetricsSnapshot>) -> bool {
+/// Counts each attempt in `attempts` (destination -> (ok, failed)).
+async fn deliver(env: &Env, logs: &WriteFlagLogsRequest, attempts: &mut BTreeMap<&'static str, (u64, u64)>) -> bool {
     let dests = destinations(env);
     let secret = runtime::config(env, "CONFIDENCE_CLIENT_SECRET").filter(|s| !s.is_empty());
     let is_endpoint = matches!(dests.first(), Some(Destination::Json { name: "endpoint", .. }));
     if secret.is_none() && !is_endpoint {
         // Nowhere to deliver: count it, do not loop the batch through retries.
-        if let Some(m) = metrics.as_deref_mut() {
-            m.record_delivery("none", false);
-        }
+        attempts.entry("none").or_default().1 += 1;
         ::worker::console_warn!("edgeflag: no CONFIDENCE_CLIENT_SECRET or FLAG_LOGS_ENDPOINT; flag logs not delivered");
         return true;
     }
     for dest in &dests {
         for attempt in 0..DELIVERY_ATTEMPTS {
             let outcome = send(dest, logs, secret.as_deref(), env).await;
-            if let Some(m) = metrics.as_deref_mut() {
-                m.record_delivery(dest.name(), outcome.is_ok());
+            let counts = attempts.entry(dest.name()).or_default();
+            if outcome.is_ok() {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
             }
             match outcome {
                 Ok(()) => return true,

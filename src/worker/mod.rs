@@ -10,6 +10,7 @@
 //! | `POST /v1/telemetry:upload`  | [`handle_telemetry`]     |
 //! | `GET  /v1/state:etag`        | [`handle_state_etag`]    |
 //! | `GET  /metrics`              | [`handle_metrics`]       |
+//! | `POST /v1/metrics:apply`     | [`handle_metrics_apply`] |
 //! | `OPTIONS` any path           | CORS preflight, 204      |
 //!
 //! Any other path is a 404, a known path with another method a 405 with
@@ -21,6 +22,7 @@ mod consumer;
 mod flags;
 pub mod http;
 mod metrics;
+mod metrics_do;
 mod runtime;
 mod sticky_kv;
 mod telemetry;
@@ -67,9 +69,14 @@ pub async fn handle_state_etag(call: &Call<'_>) -> Result<Response, ApiError> {
     json_response(200, body.to_string().into_bytes())
 }
 
-/// `GET /metrics`.
-pub async fn handle_metrics(call: &Call<'_>) -> Result<Response, ApiError> {
-    metrics::get(call).await
+/// `GET /metrics` (`?consistent=1`: from the aggregator, not the KV copy).
+pub async fn handle_metrics(call: &Call<'_>, consistent: bool) -> Result<Response, ApiError> {
+    metrics::get(call, consistent).await
+}
+
+/// `POST /v1/metrics:apply` (only with `METRICS_INGEST_TOKEN` set).
+pub async fn handle_metrics_apply(req_body: Vec<u8>, call: &Call<'_>) -> Result<Response, ApiError> {
+    metrics::apply(req_body, call).await
 }
 
 /// The flag-log queue's consumer (see `consumer`). Never returns an error:
@@ -86,6 +93,7 @@ enum Route {
     TelemetryUpload,
     StateEtag,
     Metrics,
+    MetricsApply,
 }
 
 impl Route {
@@ -96,6 +104,7 @@ impl Route {
             "/v1/telemetry:upload" => Route::TelemetryUpload,
             "/v1/state:etag" => Route::StateEtag,
             "/metrics" => Route::Metrics,
+            "/v1/metrics:apply" => Route::MetricsApply,
             _ => return None,
         })
     }
@@ -103,7 +112,7 @@ impl Route {
     /// The one method this route serves (besides the `OPTIONS` preflight).
     fn method(self) -> &'static str {
         match self {
-            Route::Resolve | Route::Apply | Route::TelemetryUpload => "POST",
+            Route::Resolve | Route::Apply | Route::TelemetryUpload | Route::MetricsApply => "POST",
             Route::StateEtag | Route::Metrics => "GET",
         }
     }
@@ -136,7 +145,7 @@ fn telemetry_route(req: &Request) -> crate::telemetry::Route {
         Some(Route::TelemetryUpload) => T::TelemetryUpload,
         Some(Route::StateEtag) => T::StateEtag,
         Some(Route::Metrics) => T::Metrics,
-        None => T::Other,
+        Some(Route::MetricsApply) | None => T::Other,
     }
 }
 
@@ -162,7 +171,9 @@ async fn dispatch(req: &Request, env: &Env, ctx: &Context) -> Result<Response, A
         return Ok(Response::empty().map_err(|e| http::internal(e.to_string()))?.with_status(204));
     }
     let path = normalize_path(&req.path());
-    let Some(route) = Route::from_path(&path) else {
+    let Some(route) = Route::from_path(&path).filter(|r| *r != Route::MetricsApply || metrics::ingest_enabled(env))
+    else {
+        // Unconfigured, the ingest route does not exist for any method.
         return Err(http::not_found(&path));
     };
     if method != route.method() {
@@ -179,6 +190,13 @@ async fn dispatch(req: &Request, env: &Env, ctx: &Context) -> Result<Response, A
         Route::Apply => handle_apply(body, &call).await,
         Route::TelemetryUpload => handle_telemetry(body, &call).await,
         Route::StateEtag => handle_state_etag(&call).await,
-        Route::Metrics => handle_metrics(&call).await,
+        Route::Metrics => {
+            let consistent = req
+                .url()
+                .map(|u| u.query_pairs().any(|(k, v)| k == "consistent" && (v == "1" || v == "true")))
+                .unwrap_or(false);
+            handle_metrics(&call, consistent).await
+        }
+        Route::MetricsApply => handle_metrics_apply(body, &call).await,
     }
 }

@@ -3,16 +3,21 @@
 //! `wait_until` task that one request per interval claims, which takes a
 //! checkpoint of everything pending (all requests' data, not its own) and
 //! sends it to the Queue as one message (or a few, if it is large). A
-//! failed send hands the checkpoint back, to go out with the next flush.
+//! failed send hands the checkpoint back, to go out with the next flush;
+//! a send the Queue throttled (429) also doubles this isolate's interval
+//! (up to a minute, recovering on success), so a saturated queue gets
+//! fewer, larger messages instead of losing data. Each isolate sends to
+//! one of `FLAG_LOGS_QUEUES`, by isolate id, to spread past one queue's
+//! 5,000 messages a second.
 
 use super::runtime;
 use crate::proto::events::FlagAssigned;
 use crate::proto::wkt::Struct;
 use crate::resolve::Resolution;
 use crate::state::snapshot::Snapshot;
-use crate::telemetry::{Route, TELEMETRY};
+use crate::telemetry::{self, Route, TELEMETRY};
 use ::worker::{Delay, QueueContentType, RawMessageBuilder};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 /// Names this isolate in checkpoint ids, which the consumer dedupes on.
@@ -28,6 +33,27 @@ fn isolate_id() -> [u8; 16] {
         }
         id
     })
+}
+
+static CONFIGURED: Once = Once::new();
+
+/// `FLAG_LOGS_INTERVAL_MS`: the configured checkpoint interval (default
+/// 1000), read once per isolate.
+fn configure(env: &::worker::Env) {
+    CONFIGURED.call_once(|| {
+        let ms = runtime::config(env, "FLAG_LOGS_INTERVAL_MS").and_then(|v| v.trim().parse::<u64>().ok());
+        TELEMETRY.set_flush_interval_ms(ms.unwrap_or(0).min(telemetry::MAX_FLUSH_INTERVAL_MS));
+    });
+}
+
+/// The producer queue binding of this isolate: one of the comma-separated
+/// `FLAG_LOGS_QUEUES` (chosen by isolate id), else `FLAG_LOGS_QUEUE`.
+fn queue_binding(env: &::worker::Env) -> String {
+    let list = runtime::config(env, "FLAG_LOGS_QUEUES").unwrap_or_default();
+    let names: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    names
+        .get(telemetry::pick_queue(&isolate_id(), names.len()))
+        .map_or_else(|| "FLAG_LOGS_QUEUE".to_string(), |name| (*name).to_string())
 }
 
 fn micros(elapsed_ms: f64) -> u32 {
@@ -69,7 +95,8 @@ pub fn schedule_flush(env: &::worker::Env, ctx: &::worker::Context) {
     if !TELEMETRY.has_pending() || !TELEMETRY.try_claim_flush(now) {
         return;
     }
-    let queue = match env.queue("FLAG_LOGS_QUEUE") {
+    configure(env);
+    let queue = match env.queue(&queue_binding(env)) {
         Ok(q) => q,
         Err(_) => {
             // No queue bound: nowhere to send; keep the data bounded in memory.
@@ -85,16 +112,32 @@ pub fn schedule_flush(env: &::worker::Env, ctx: &::worker::Context) {
         if due > now {
             Delay::from(Duration::from_millis(due - now)).await;
         }
+        let mut throttled = false;
         for cp in TELEMETRY.checkpoint(runtime::now_ms() as u64, isolate_id()) {
+            if throttled {
+                // The Queue is over its rate: keep the rest for later.
+                TELEMETRY.restore(cp);
+                continue;
+            }
             let bytes = cp.encode();
             let body = js_sys::Uint8Array::from(bytes.as_slice());
             let msg = RawMessageBuilder::new(body.into()).build_with_content_type(QueueContentType::V8);
             match queue.send_raw(msg).await {
                 Ok(()) => TELEMETRY.record_queue_send(true),
                 Err(e) => {
-                    ::worker::console_error!("edgeflag: queue send failed, kept for the next flush: {e}");
+                    let why = e.to_string();
                     TELEMETRY.record_queue_send(false);
                     TELEMETRY.restore(cp);
+                    if telemetry::is_throttled(&why) {
+                        throttled = true;
+                        TELEMETRY.record_queue_throttled();
+                        ::worker::console_warn!(
+                            "edgeflag: queue throttled, kept for the next flush; interval now {} ms",
+                            TELEMETRY.flush_interval_ms()
+                        );
+                    } else {
+                        ::worker::console_error!("edgeflag: queue send failed, kept for the next flush: {why}");
+                    }
                 }
             }
         }

@@ -132,7 +132,11 @@ def test_unlisted_origin_is_not_echoed(http: requests.Session, worker: Worker) -
 # --- Routing errors --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/v1/flags", "/v1/flags:resolve/", "/v1/flags:RESOLVE", "/metrics/x"])
+@pytest.mark.parametrize(
+    "path",
+    # /v1/metrics:apply exists only with METRICS_INGEST_TOKEN set.
+    ["/", "/nope", "/v1/flags", "/v1/flags:resolve/", "/v1/flags:RESOLVE", "/metrics/x", "/v1/metrics:apply"],
+)
 def test_unknown_path_is_404_json(http: requests.Session, base_url: str, path: str) -> None:
     resp = http.post(f"{base_url}{path}", data=b"{}", timeout=REQUEST_TIMEOUT)
     assert_error(resp, 404, "NOT_FOUND")

@@ -7,7 +7,8 @@ derived from what the test itself sent and received:
 * the resolves' responses say which flags resolved with which reason, which
   were applied (`shouldApply`) and under which `resolveId`;
 * the sink records every POST the queue consumer makes, and what it answered;
-* `GET /metrics` is the consumer's cumulative snapshot in KV.
+* `GET /metrics` is the cumulative snapshot the MetricsAggregator Durable
+  Object mirrors to KV; `GET /metrics?consistent=1` asks the object.
 
 Nothing is retried on the client side: a request that fails in transport
 would make the expected counts unknowable, so it fails the test instead.
@@ -15,6 +16,7 @@ would make the expected counts unknowable, so it fails the test instead.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -25,12 +27,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import requests
 
-from conftest import REQUEST_TIMEOUT, Bundle, Worker, launch_worker
+from conftest import DEFAULT_SECRETS, REQUEST_TIMEOUT, Bundle, Worker, assert_error, launch_worker, poll
 
 RESOLVE = "/v1/flags:resolve"
 WEB_SECRET = "demo-secret"
@@ -304,8 +306,9 @@ class Metrics:
         return out
 
 
-def get_metrics(http: requests.Session, worker: Worker) -> Metrics:
-    r = http.get(worker.url("/metrics"), headers=METRICS_AUTH, timeout=REQUEST_TIMEOUT)
+def get_metrics(http: requests.Session, worker: Worker, consistent: bool = False) -> Metrics:
+    path = "/metrics?consistent=1" if consistent else "/metrics"
+    r = http.get(worker.url(path), headers=METRICS_AUTH, timeout=REQUEST_TIMEOUT)
     assert r.status_code == 200, r.text
     return Metrics(r.text)
 
@@ -356,10 +359,11 @@ def flag_resolve_counts(bodies: list[dict]) -> Counter:
 
 def wait_drained(
     http: requests.Session, worker: Worker, sink: Sink, exp: Expected
-) -> tuple[Metrics, list[dict], float]:
-    """Polls (bounded) until /metrics counts every resolve and the sink has
-    accepted every applied resolveId; then waits SETTLE_SECONDS more and
-    returns the final state (the caller asserts nothing moved on)."""
+) -> tuple[Metrics, Metrics, list[dict], float]:
+    """Polls (bounded) until /metrics (the KV copy) counts every resolve and
+    the sink has accepted every applied resolveId; then waits
+    SETTLE_SECONDS more and returns the final state, KV copy and the
+    aggregator's own (the caller asserts nothing moved on)."""
     t0 = time.monotonic()
     deadline = t0 + DRAIN_TIMEOUT
     want_ids = set(exp.applied)
@@ -377,7 +381,7 @@ def wait_drained(
         bodies = sink.accepted()
     drained_after = time.monotonic() - t0
     time.sleep(SETTLE_SECONDS)
-    return get_metrics(http, worker), sink.accepted(), drained_after
+    return get_metrics(http, worker), get_metrics(http, worker, consistent=True), sink.accepted(), drained_after
 
 
 def assert_metrics_exact(m: Metrics, exp: Expected) -> None:
@@ -447,29 +451,40 @@ class LoadRun:
     exp: Expected
     sent_seconds: float
     drained_seconds: float
-    metrics: Metrics
+    metrics: Metrics  # GET /metrics: the KV copy
+    consistent: Metrics  # GET /metrics?consistent=1: the aggregator itself
     bodies: list[dict]
     posts: list[Post]
     batches: list[tuple[int, int]]
     log_text: str
 
 
-def load_through_sink(tmp: Path, sink: Sink, web: int, stg: int, bad: int, connections: int) -> LoadRun:
+def load_through_sink(
+    tmp: Path,
+    sink: Sink,
+    web: int,
+    stg: int,
+    bad: int,
+    connections: int,
+    config_edit: Callable[[str], str] | None = None,
+    vars: dict[str, str] | None = None,
+) -> LoadRun:
     """A fresh instance delivering to `sink`, loaded with make_plan(web, stg,
     bad) from `connections` connections and drained; the instance and the
     sink are stopped before this returns, so the figures are final."""
     worker: Worker | None = None
     try:
-        worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url})
+        worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url, **(vars or {})}, edit_config=config_edit)
         sent, sent_seconds = run_load(worker, make_plan(web, stg, bad), connections)
         exp = expectations(sent)
         with requests.Session() as http:
-            metrics, bodies, drained_seconds = wait_drained(http, worker, sink, exp)
+            metrics, consistent, bodies, drained_seconds = wait_drained(http, worker, sink, exp)
         return LoadRun(
             exp=exp,
             sent_seconds=sent_seconds,
             drained_seconds=drained_seconds,
             metrics=metrics,
+            consistent=consistent,
             bodies=bodies,
             posts=sink.snapshot(),
             batches=queue_batches(worker),
@@ -519,8 +534,10 @@ def test_load_telemetry_is_exact(load_run: LoadRun) -> None:
     assert exp.requests >= 2000 and len(exp.failed) == LOAD_BAD
     assert {s.secret for s in exp.ok} == {WEB_SECRET, STG_SECRET}
 
-    # /metrics: exact, by reason, by credential, by route.
+    # /metrics: exact, by reason, by credential, by route; the KV copy is
+    # the aggregator's state.
     assert_metrics_exact(m, exp)
+    assert_metrics_exact(run.consistent, exp)
     assert m.get("edgeflag_duplicate_checkpoints_total") == 0, "no delivery failed, yet a checkpoint came twice"
     assert m.get("edgeflag_queue_sends_total", result="failed") == 0
 
@@ -595,6 +612,157 @@ def test_failing_sink_recovers_without_double_counting(
         "a whole invocation failed, so the Queue must have redelivered checkpoints; none came twice"
     )
     assert "dead letter queue" not in log_text.lower(), "messages were dead-lettered"
+
+
+# Test 3: the consumer made to run several small batches at once (the copy
+# of wrangler.toml takes 4 messages a batch, checkpoints come every 250 ms;
+# the local broker does not limit consumer concurrency, so batches
+# overlap), and the sink fails its
+# first deliveries: both /metrics paths count exactly, and the sink gets
+# every assignment exactly once.
+SMALL_BATCH = 4
+
+
+def small_batches(toml: str) -> str:
+    assert "max_batch_size = 100" in toml and "max_concurrency = 1" in toml, "wrangler.toml consumer settings moved"
+    return toml.replace("max_batch_size = 100", f"max_batch_size = {SMALL_BATCH}").replace(
+        "max_concurrency = 1", "max_concurrency = 8"
+    )
+
+
+def test_concurrent_small_batches_with_failing_sink_are_exact(
+    built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("telemetry-small-batches")
+    run = load_through_sink(
+        tmp,
+        Sink(fail_first=FAIL_FIRST),
+        LOAD_WEB,
+        LOAD_STG,
+        LOAD_BAD,
+        LOAD_CONNECTIONS,
+        edit_config=small_batches,
+        # Checkpoints 4x as often: enough messages for many small batches.
+        vars={"FLAG_LOGS_INTERVAL_MS": "250"},
+    )
+    exp, m, c = run.exp, run.metrics, run.consistent
+    entries = assigned_entries(run.bodies)
+    print(
+        f"\nsmall batches: {exp.requests} resolves in {run.sent_seconds:.1f}s from {LOAD_CONNECTIONS} connections; "
+        f"drained {run.drained_seconds:.1f}s later\nconsumer invocations: {len(run.batches)} "
+        f"(sizes {sorted({b for _, b in run.batches})}); sink POSTs {len(run.posts)}, "
+        f"{sum(p.status != 200 for p in run.posts)} failed; "
+        f"duplicate checkpoints ignored: {int(c.get('edgeflag_duplicate_checkpoints_total'))}"
+    )
+    assert exp.requests >= 2000
+    assert len(run.batches) > 1 and all(n <= SMALL_BATCH for _, n in run.batches), run.batches
+    assert sum(p.status != 200 for p in run.posts) == FAIL_FIRST
+    # Exactly once in both views of the metrics, by reason.
+    assert_metrics_exact(m, exp)
+    assert_metrics_exact(c, exp)
+    for name in ("edgeflag_checkpoints_total", "edgeflag_flag_assigned_events_total"):
+        assert m.get(name) <= c.get(name), name
+    assert c.get("edgeflag_duplicate_checkpoints_total") > 0, "failed deliveries must have been redelivered"
+    assert c.get("edgeflag_deliveries_total", destination="endpoint", result="failed") == FAIL_FIRST
+    assert c.get("edgeflag_deliveries_total", destination="endpoint", result="ok") == len(run.posts) - FAIL_FIRST
+    # The sink: every applied resolve exactly once.
+    assert_sink_attribution(run.bodies, exp)
+    dups = {rid: len(fas) for rid, fas in entries.items() if len(fas) != 1}
+    assert not dups, f"{len(dups)} resolveIds delivered more than once: {list(dups.items())[:5]}"
+    assert "dead letter queue" not in run.log_text.lower(), "messages were dead-lettered"
+
+
+# Test 4: the aggregator itself, through POST /v1/metrics:apply.
+INGEST_TOKEN = "ingest-token-for-tests"
+
+
+def metrics_batch(*sequences: int, isolate: bytes = b"dedup-test-iso-1", matches: int = 3) -> dict:
+    """A MetricsBatch (proto3 JSON): one checkpoint per sequence, each with
+    `matches` MATCH resolves and one exposure event."""
+    return {
+        "checkpoints": [
+            {
+                "isolateId": base64.b64encode(isolate).decode(),
+                "sequence": str(seq),
+                "createdMs": "1",
+                "flagAssigned": "1",
+                "counters": {"resolves": [{"reason": "RESOLVE_REASON_MATCH", "count": str(matches)}]},
+            }
+            for seq in sequences
+        ]
+    }
+
+
+def test_aggregator_counts_a_checkpoint_once(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same checkpoint twice, out of order, within one batch and from two
+    concurrent requests: counted once, in the aggregator and in the KV copy."""
+    secrets = dict(DEFAULT_SECRETS, METRICS_INGEST_TOKEN=INGEST_TOKEN)
+    worker = launch_worker(tmp_path_factory.mktemp("telemetry-dedup"), secrets=secrets)
+    auth = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+    try:
+        with requests.Session() as http:
+
+            def apply(batch: dict) -> dict:
+                r = http.post(worker.url("/v1/metrics:apply"), json=batch, headers=auth, timeout=REQUEST_TIMEOUT)
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            # Refused without the token, or with a batch that is not one; nothing applied.
+            r = http.post(worker.url("/v1/metrics:apply"), json=metrics_batch(9), timeout=REQUEST_TIMEOUT)
+            assert_error(r, 401, "UNAUTHENTICATED")
+            r = http.post(worker.url("/v1/metrics:apply"), data=b"{", headers=auth, timeout=REQUEST_TIMEOUT)
+            assert_error(r, 400, "INVALID_ARGUMENT")
+            short = metrics_batch(9, isolate=b"short")
+            r = http.post(worker.url("/v1/metrics:apply"), json=short, headers=auth, timeout=REQUEST_TIMEOUT)
+            assert_error(r, 400, "INVALID_ARGUMENT")
+
+            assert apply(metrics_batch(2)) == {"applied": 1, "duplicates": 0}
+            assert apply(metrics_batch(0)) == {"applied": 1, "duplicates": 0}
+            assert apply(metrics_batch(2)) == {"applied": 0, "duplicates": 1}
+            assert apply(metrics_batch(1, 0, 1)) == {"applied": 1, "duplicates": 2}
+
+            # Two requests at once with the same new checkpoint.
+            barrier = threading.Barrier(2)
+            results: list[dict] = []
+            errors: list[str] = []
+
+            def racer() -> None:
+                with requests.Session() as s:
+                    barrier.wait(timeout=REQUEST_TIMEOUT)
+                    try:
+                        r = s.post(
+                            worker.url("/v1/metrics:apply"),
+                            json=metrics_batch(5),
+                            headers=auth,
+                            timeout=REQUEST_TIMEOUT,
+                        )
+                        results.append(r.json() if r.status_code == 200 else {"status": r.status_code})
+                    except (requests.RequestException, ValueError) as e:
+                        errors.append(repr(e))
+
+            threads = [threading.Thread(target=racer, daemon=True) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(REQUEST_TIMEOUT + 5)
+            assert not errors and len(results) == 2, (errors, results)
+            assert sorted(r["applied"] for r in results) == [0, 1], results
+            assert sorted(r["duplicates"] for r in results) == [0, 1], results
+
+            def exact(m: Metrics) -> bool:
+                return (
+                    m.get("confidence_resolves_total", resolver_id="edgeflag", reason="RESOLVE_REASON_MATCH") == 12
+                    and m.get("edgeflag_flag_assigned_events_total") == 4
+                    and m.get("edgeflag_duplicate_checkpoints_total") == 4
+                )
+
+            c = get_metrics(http, worker, consistent=True)
+            assert exact(c), c.text
+            # The KV copy catches up within the mirror interval (plus local KV).
+            kv = poll(lambda: (lambda m: m if exact(m) else None)(get_metrics(http, worker)), 20, 0.5)
+            assert kv, get_metrics(http, worker).text
+    finally:
+        worker.stop()
 
 
 PROMTOOL_UNIT_WARNING = re.compile(
