@@ -25,13 +25,15 @@
 
 /// JSON requests in, JSON responses out, API errors.
 pub mod api;
-/// Exposure events and apply: resolutions and tokens into FlagAssigned.
-pub mod exposure;
 /// The `edgeflag` command-line tool.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+/// Exposure events and apply: resolutions and tokens into FlagAssigned.
+pub mod exposure;
 /// MurmurHash3 bucketing.
 pub mod hash;
+/// OFREP: request parsing, reason mapping, typed values, errors, ETags.
+pub mod ofrep;
 /// Generated wire types and their proto3 JSON mapping.
 pub mod proto;
 /// The resolver core.
