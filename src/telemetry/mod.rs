@@ -111,10 +111,12 @@ pub enum Route {
     Metrics,
     Preflight,
     Other,
+    OfrepEvaluate,
+    OfrepBulk,
 }
 
 impl Route {
-    pub const ALL: [Route; 7] = [
+    pub const ALL: [Route; 9] = [
         Route::Resolve,
         Route::Apply,
         Route::TelemetryUpload,
@@ -122,6 +124,8 @@ impl Route {
         Route::Metrics,
         Route::Preflight,
         Route::Other,
+        Route::OfrepEvaluate,
+        Route::OfrepBulk,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -133,6 +137,8 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Preflight => "preflight",
             Route::Other => "other",
+            Route::OfrepEvaluate => "ofrep_evaluate",
+            Route::OfrepBulk => "ofrep_bulk",
         }
     }
 }
