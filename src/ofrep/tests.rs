@@ -153,7 +153,7 @@ fn bulk_lists_every_flag_with_the_state_etag() {
     let body = bulk(&snap, "clients/demo", &res.flags);
     let b: Json = serde_json::from_slice(&body).expect("json");
     let keys: Vec<&str> = b["flags"].as_array().expect("flags").iter().filter_map(|f| f["key"].as_str()).collect();
-    assert_eq!(keys.len(), 5, "{b}");
+    assert_eq!(keys.len(), 6, "{b}");
     assert!(keys.contains(&"legacy-search") && keys.contains(&"pricing-experiment"));
     assert_eq!(b["metadata"]["stateEtag"], snap.etag.as_str());
     let price = b["flags"].as_array().and_then(|a| a.iter().find(|f| f["key"] == "pricing-experiment")).expect("price");
@@ -179,4 +179,49 @@ fn etags_follow_the_body() {
     assert!(!may_answer_304(Some(&a), Some("s0"), &a, "s1"), "another config is never 304");
     assert_eq!(query_param("flagConfigEtag=a%20b&x=1", "flagConfigEtag").as_deref(), Some("a b"));
     assert_eq!(query_param("?x=1", "flagConfigEtag"), None);
+}
+
+#[test]
+fn whole_number_doubles_keep_a_decimal_point() {
+    let snap = demo();
+    let (_, b) = single_eval(&snap, "search-tuning", json!({}));
+    assert_eq!(b["reason"], "STATIC");
+    let mut out = Vec::new();
+    let key = parse_key("search-tuning.boost").expect("key");
+    let flags = vec![key.flag.clone()];
+    let c = Struct::default();
+    let set = StickySet::new();
+    let req = resolve::Request { flags: &flags, context: &c, client_secret: "demo-secret" };
+    let res = resolve::resolve(&snap, &req, Sticky::Known(&set), None).expect("resolves");
+    out.extend_from_slice(&single(&snap, "clients/demo", &key, res.flags.first()).1);
+    let text = String::from_utf8(out).expect("utf8");
+    assert!(text.contains("\"value\":2.0,"), "{text}");
+    let whole = bulk(&snap, "clients/demo", &res.flags);
+    let text = String::from_utf8(whole).expect("utf8");
+    assert!(text.contains("\"boost\":2.0,") && text.contains("\"maxResults\":20}") && !text.contains("20.0"), "{text}");
+}
+
+#[test]
+fn a_flag_that_cannot_resolve_is_general_500() {
+    // Sticky flags with no sticky store: the resolver cannot decide.
+    let snap = demo();
+    let key = parse_key("pricing-experiment.price").expect("key");
+    let flags = vec![key.flag.clone()];
+    let c = ctx(json!({"targetingKey": "u1", "plan": "premium"}));
+    let req = resolve::Request { flags: &flags, context: &c, client_secret: "demo-secret" };
+    let res = resolve::resolve(&snap, &req, Sticky::Unsupported, None).expect("resolves");
+    let (status, body) = single(&snap, "clients/demo", &key, res.flags.first());
+    let b: Json = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        (status, b["errorCode"].as_str(), b["key"].as_str()),
+        (500, Some("GENERAL"), Some("pricing-experiment.price"))
+    );
+    // In bulk, the same failure is inline and the rest still evaluate.
+    let req = resolve::Request { flags: &[], context: &c, client_secret: "demo-secret" };
+    let res = resolve::resolve(&snap, &req, Sticky::Unsupported, None).expect("resolves");
+    let b: Json = serde_json::from_slice(&bulk(&snap, "clients/demo", &res.flags)).expect("json");
+    let items = b["flags"].as_array().expect("flags");
+    let price = items.iter().find(|f| f["key"] == "pricing-experiment").expect("price");
+    assert_eq!(price["errorCode"], "GENERAL");
+    assert!(items.iter().any(|f| f["key"] == "welcome-banner" && f["reason"] == "STATIC"));
 }
