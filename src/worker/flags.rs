@@ -141,10 +141,14 @@ async fn resolve_inner<R>(
     nonce.copy_from_slice(&random[32..]);
     let written = write(&Resolved { snap: &snap, res: &res, resolve_id: &resolve_id, nonce })?;
     let now = runtime::now_ms();
-    let assigned = written.exposed.then(|| {
-        let flags = exposure::applied_flags_from_resolution(&res, runtime::timestamp(now));
-        exposure::flag_assigned(&resolve_id, res.credential, ask.sdk, flags)
-    });
+    // An exposure of no flag says nothing: no event.
+    let applied = if written.exposed {
+        exposure::applied_flags_from_resolution(&res, runtime::timestamp(now))
+    } else {
+        Vec::new()
+    };
+    let assigned =
+        (!applied.is_empty()).then(|| exposure::flag_assigned(&resolve_id, res.credential, ask.sdk, applied));
     super::telemetry::resolved(&snap, &res, ask.context, assigned, now - started);
     let writes = res.writes;
 

@@ -4,8 +4,8 @@
 //! response with [`crate::ofrep`]; every answer, errors included, is JSON
 //! in OFREP's shape (a 304 has no body).
 //!
-//! Telemetry, like `flags:resolve`: a single evaluation is an exposure of
-//! the flag (its value is being used now); a bulk one exposes every flag
+//! Telemetry, like `flags:resolve`: a single evaluation that succeeds is an
+//! exposure of the flag (its value is being used now); a bulk one exposes every flag
 //! it returns with a variant unless `OFREP_BULK_APPLY=false`; a 304 counts
 //! as an evaluation, not as a new exposure.
 
@@ -89,7 +89,8 @@ pub async fn evaluate(raw_key: &str, body: Vec<u8>, call: &Call<'_>) -> Result<R
     let ask = Ask { flags: &flags, context: &context, client_secret: &secret, sdk: sdk_info() };
     let (status, out, state_etag) = flags::resolve_with(call, ask, |r| {
         let (status, out) = ofrep::single(r.snap, &r.res.credential.client, &key, r.res.flags.first());
-        Ok(Written { response: (status, out, r.snap.etag.clone()), exposed: true })
+        // The value is used now, unless the client gets an error instead.
+        Ok(Written { response: (status, out, r.snap.etag.clone()), exposed: status == 200 })
     })
     .await?;
     let resp = json_response(status, out)?;
