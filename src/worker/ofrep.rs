@@ -38,10 +38,13 @@ fn header(call: &Call<'_>, name: &str) -> Option<String> {
     call.headers.get(name).ok().flatten()
 }
 
-fn secret(call: &Call<'_>) -> String {
+/// The client secret, or the 401 for a request that sends none.
+fn secret(call: &Call<'_>) -> Result<String, Failure> {
     let auth = header(call, "Authorization");
     let key = header(call, "X-API-Key");
-    ofrep::client_secret(auth.as_deref(), key.as_deref()).unwrap_or_default().to_string()
+    ofrep::client_secret(auth.as_deref(), key.as_deref())
+        .map(str::to_string)
+        .ok_or_else(|| Failure::unauthorized("send a client secret as `Authorization: Bearer <secret>` or `X-API-Key`"))
 }
 
 /// A request that fails before it resolves still counts as a failed
@@ -84,7 +87,10 @@ pub async fn evaluate(raw_key: &str, body: Vec<u8>, call: &Call<'_>) -> Result<R
         Ok(c) => c,
         Err(f) => return refused(started, Some(&key.key), &f),
     };
-    let secret = secret(call);
+    let secret = match secret(call) {
+        Ok(s) => s,
+        Err(f) => return refused(started, Some(&key.key), &f),
+    };
     let flags = [key.flag.clone()];
     let ask = Ask { flags: &flags, context: &context, client_secret: &secret, sdk: sdk_info() };
     let (status, out, state_etag) = flags::resolve_with(call, ask, |r| {
@@ -105,7 +111,10 @@ pub async fn bulk(body: Vec<u8>, query: &str, call: &Call<'_>) -> Result<Respons
         Ok(c) => c,
         Err(f) => return refused(started, None, &f),
     };
-    let secret = secret(call);
+    let secret = match secret(call) {
+        Ok(s) => s,
+        Err(f) => return refused(started, None, &f),
+    };
     let if_none_match = header(call, "If-None-Match");
     let config_etag = ofrep::query_param(query, "flagConfigEtag");
     let apply = bulk_apply(call.env);

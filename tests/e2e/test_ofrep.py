@@ -141,7 +141,8 @@ def test_authentication_headers(http: requests.Session, worker: Worker) -> None:
         r = http.post(worker.url(path), json={}, headers=headers, timeout=REQUEST_TIMEOUT)
         failed(r, 401, "GENERAL", "welcome-banner.message")
         r = http.post(worker.url(BULK), json={}, headers=headers, timeout=REQUEST_TIMEOUT)
-        failed(r, 401, "GENERAL", None)
+        details = failed(r, 401, "GENERAL", None)["errorDetails"]
+        assert ("X-API-Key" in details) == ("wrong" not in str(headers)), (headers, details)
 
 
 # --- request shapes ---------------------------------------------------------------
