@@ -10,7 +10,8 @@
 #                     thread, no JSON/HTTP; Snapshot::load times; resolve
 #                     throughput for 1, 10 and all flags on the conformance,
 #                     demo and a large synthetic state (scripts/bench/synth.rs);
-#                     JSON parse/write per request.
+#                     JSON parse/write per request; OFREP single and bulk
+#                     (context, resolve, write, ETag) per request.
 #   bench_size        the Worker bundle (what wrangler uploads: index_bg.wasm,
 #                     index.js, worker/shim.mjs), raw and gzip -9, for
 #                     edgeflag (demo and 5 MB state) and the baseline.
