@@ -21,10 +21,11 @@
 #                     p50/p99, workerd CPU per request, edgeflag/baseline
 #                     ratios; workerd RSS after 10,000 requests.
 #   bench_ofrep       OFREP single and bulk evaluation on edgeflag (demo state)
-#                     under workerd: wrk at 1, 8 and 32 connections; req/s,
-#                     p50/p99, workerd CPU per request, and req/s and CPU as
-#                     ratios to the baseline (bench_workerd's figures when it
-#                     ran in the same invocation, else measured here).
+#                     under workerd, bulk also with OFREP_BULK_APPLY=false:
+#                     wrk at 1, 8 and 32 connections; req/s, p50/p99, workerd
+#                     CPU per request, and req/s and CPU as ratios to the
+#                     baseline (bench_workerd's figures when it ran in the
+#                     same invocation, else measured here).
 #   bench_cold_start  fresh workerd -> first resolve, sent straight to the
 #                     Worker's workerd as soon as it listens, for the
 #                     baseline, edgeflag with the demo state and edgeflag
@@ -272,6 +273,8 @@ body_head() {
 BODY_TAIL='"}}'
 body() { printf '%s%s%s' "$(body_head "$1")" "$2" "$BODY_TAIL"; }
 
+# Extra `--var NAME:VALUE` arguments for the next start_worker.
+W_VARS=()
 # Set by start_worker.
 W_PGID=""
 W_PORT=""
@@ -296,7 +299,7 @@ start_worker() { # NAME [RUN-DIR-SUFFIX]
         setsid node_modules/.bin/wrangler dev "$script" --config "$config" \
         --ip 127.0.0.1 --port "$port" --inspector-port "$iport" \
         --persist-to "$dir/state" --env-file "$dir/secrets.env" \
-        --show-interactive-dev-session=false </dev/null >"$W_LOG" 2>&1 &
+        --show-interactive-dev-session=false ${W_VARS[@]+"${W_VARS[@]}"} </dev/null >"$W_LOG" 2>&1 &
     W_PGID=$!
     W_PORT=$port
     STARTED+=("$W_PGID")
@@ -603,7 +606,8 @@ bench_ofrep() {
     echo
     echo "Single: \`POST $OFREP_SINGLE\`; bulk: \`POST $OFREP_BULK\` (every flag of the client, ETag"
     echo "hashed over the body). Each request has a fresh targeting key. Ratios are to the baseline Worker"
-    echo "(parses the request JSON, returns a fixed answer) at the same connection count."
+    echo "(parses the request JSON, returns a fixed answer) at the same connection count. \`ofrep-bulk-noapply\`"
+    echo "is bulk with \`OFREP_BULK_APPLY=false\` (resolves recorded, no exposure events)."
     echo
     for path in "$OFREP_SINGLE" "$OFREP_BULK"; do
         code=$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X POST -H 'content-type: application/json' \
@@ -617,9 +621,17 @@ bench_ofrep() {
     wrk_rows edgeflag-demo-ofrep "$pid" "$port" "$dir/single.lua" ofrep-single
     wrk_rows edgeflag-demo-ofrep "$pid" "$port" "$dir/bulk.lua" ofrep-bulk
     stop_worker
+    # Bulk again with exposures off: what recording them costs.
+    W_VARS=(--var OFREP_BULK_APPLY:false)
+    start_worker edgeflag-demo ofrep-noapply
+    W_VARS=()
+    wait_answer edgeflag-demo >/dev/null
+    read -r pid port <<<"$(find_workerd edgeflag-demo)"
+    wrk_rows edgeflag-demo-ofrep-noapply "$pid" "$port" "$dir/bulk.lua" ofrep-bulk-noapply
+    stop_worker
     echo "| route | connections | req/s | p50 ms | p99 ms | workerd CPU µs/req | non-2xx | req/s ÷ baseline | CPU/req ÷ baseline |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for key in baseline ofrep-single ofrep-bulk; do
+    for key in baseline ofrep-single ofrep-bulk ofrep-bulk-noapply; do
         for c in $CONNS; do
             read -r -a e <<<"${R[$key.$c]}"
             read -r -a b <<<"${R[baseline.$c]}"
