@@ -2,7 +2,7 @@
 # edgeflag benchmarks, printed as markdown tables in one run.
 #
 #   bash scripts/bench.sh                     # every section
-#   bash scripts/bench.sh native size         # only some: native size workerd cold telemetry sticky scale
+#   bash scripts/bench.sh native size         # only some: native size workerd ofrep cold telemetry sticky scale
 #   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
 #
 # Sections (one function each):
@@ -10,7 +10,8 @@
 #                     thread, no JSON/HTTP; Snapshot::load times; resolve
 #                     throughput for 1, 10 and all flags on the conformance,
 #                     demo and a large synthetic state (scripts/bench/synth.rs);
-#                     JSON parse/write per request.
+#                     JSON parse/write per request; OFREP single and bulk
+#                     (context, resolve, write, ETag) per request.
 #   bench_size        the Worker bundle (what wrangler uploads: index_bg.wasm,
 #                     index.js, worker/shim.mjs), raw and gzip -9, for
 #                     edgeflag (demo and 5 MB state) and the baseline.
@@ -19,6 +20,12 @@
 #                     under workerd: wrk at 1, 8 and 32 connections; req/s,
 #                     p50/p99, workerd CPU per request, edgeflag/baseline
 #                     ratios; workerd RSS after 10,000 requests.
+#   bench_ofrep       OFREP single and bulk evaluation on edgeflag (demo state)
+#                     under workerd, bulk also with OFREP_BULK_APPLY=false:
+#                     wrk at 1, 8 and 32 connections; req/s, p50/p99, workerd
+#                     CPU per request, and req/s and CPU as ratios to the
+#                     baseline (bench_workerd's figures when it ran in the
+#                     same invocation, else measured here).
 #   bench_cold_start  fresh workerd -> first resolve, sent straight to the
 #                     Worker's workerd as soon as it listens, for the
 #                     baseline, edgeflag with the demo state and edgeflag
@@ -276,6 +283,8 @@ body_head() {
 BODY_TAIL='"}}'
 body() { printf '%s%s%s' "$(body_head "$1")" "$2" "$BODY_TAIL"; }
 
+# Extra `--var NAME:VALUE` arguments for the next start_worker.
+W_VARS=()
 # Set by start_worker.
 W_PGID=""
 W_PORT=""
@@ -305,7 +314,7 @@ start_worker() { # NAME [RUN-DIR-SUFFIX [KV-SEED-JSON]]
         setsid node_modules/.bin/wrangler dev "$script" --config "$config" \
         --ip 127.0.0.1 --port "$port" --inspector-port "$iport" \
         --persist-to "$dir/state" --env-file "$dir/secrets.env" \
-        --show-interactive-dev-session=false </dev/null >"$W_LOG" 2>&1 &
+        --show-interactive-dev-session=false ${W_VARS[@]+"${W_VARS[@]}"} </dev/null >"$W_LOG" 2>&1 &
     W_PGID=$!
     W_PORT=$port
     STARTED+=("$W_PGID")
@@ -483,6 +492,25 @@ bench_size() {
 # Fills R_<target>_<conns> with "RPS P50 P99 CPU_US NON2XX".
 declare -A R
 declare -A MEM
+# wrk at each of $CONNS connections against workerd PID on PORT with the
+# wrk script LUA; R[KEY.c] = "RPS P50 P99 CPU_US NON2XX ERRORS".
+wrk_rows() { # NAME PID PORT LUA KEY
+    local name=$1 pid=$2 port=$3 lua=$4 key=$5 c c0 c1 out rps reqs p50 p99 non2xx errs cpu_us
+    for c in $CONNS; do
+        # A short unmeasured run first: JIT, connection setup.
+        "${WRK_PREFIX[@]}" wrk -t1 -c"$c" -d2s --timeout 5s -s "$lua" "http://127.0.0.1:$port/v1/flags:resolve" >/dev/null 2>&1 || true
+        out=$SCRATCH/run-$name/wrk-$key-c$c.txt
+        log "$name: $key wrk -c$c for ${DURATION}s"
+        c0=$(cpu_ticks "$pid")
+        "${WRK_PREFIX[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --timeout 5s --latency -s "$lua" \
+            "http://127.0.0.1:$port/v1/flags:resolve" >"$out" 2>&1 || true
+        c1=$(cpu_ticks "$pid")
+        read -r rps reqs p50 p99 non2xx errs <<<"$(parse_wrk "$out")"
+        cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+        R[$key.$c]="$rps $p50 $p99 $cpu_us $non2xx $errs"
+    done
+}
+
 run_load() { # NAME
     local name=$1 code found pid port lua=$SCRATCH/run-$1/load.lua
     start_worker "$name"
@@ -501,20 +529,7 @@ run_load() { # NAME
     MEM[$name.rss]=$(status_kb "$pid" VmRSS)
     MEM[$name.code]=$code
 
-    local c c0 c1 out rps reqs p50 p99 non2xx errs cpu_us
-    for c in $CONNS; do
-        # A short unmeasured run first: JIT, connection setup.
-        "${WRK_PREFIX[@]}" wrk -t1 -c"$c" -d2s --timeout 5s -s "$lua" "http://127.0.0.1:$port/v1/flags:resolve" >/dev/null 2>&1 || true
-        out=$SCRATCH/run-$name/wrk-c$c.txt
-        log "$name: wrk -c$c for ${DURATION}s"
-        c0=$(cpu_ticks "$pid")
-        "${WRK_PREFIX[@]}" wrk -t1 -c"$c" -d"${DURATION}s" --timeout 5s --latency -s "$lua" \
-            "http://127.0.0.1:$port/v1/flags:resolve" >"$out" 2>&1 || true
-        c1=$(cpu_ticks "$pid")
-        read -r rps reqs p50 p99 non2xx errs <<<"$(parse_wrk "$out")"
-        cpu_us=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
-        R[$name.$c]="$rps $p50 $p99 $cpu_us $non2xx $errs"
-    done
+    wrk_rows "$name" "$pid" "$port" "$lua" "$name"
     MEM[$name.hwm]=$(status_kb "$pid" VmHWM)
     if [ "$name" = edgeflag-demo ]; then
         read_telemetry "$name"
@@ -562,6 +577,84 @@ bench_workerd() {
     echo "|---|---:|---:|---:|"
     for name in baseline edgeflag-demo; do
         echo "| $name | $(div1024 "${MEM[$name.idle]:-0}") MB | $(div1024 "${MEM[$name.rss]:-0}") MB (${MEM[$name.sent]:-?}) | $(div1024 "${MEM[$name.hwm]:-0}") MB |"
+    done
+    echo
+}
+
+# wrk script for OFREP: PATH, a fresh targeting key per request.
+write_ofrep_lua() { # FILE PATH
+    cat >"$1" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $DEMO_SECRET"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "$2", nil, '{"context":{"country":"SE","targetingKey":"user-' .. n .. '"}}')
+end
+EOF
+}
+
+OFREP_SINGLE=/ofrep/v1/evaluate/flags/welcome-banner.message
+OFREP_BULK=/ofrep/v1/evaluate/flags
+bench_ofrep() {
+    build_edgeflag demo
+    build_baseline
+    ensure_tools
+    local pid port path code key c b e dir=$SCRATCH/run-edgeflag-demo-ofrep
+    # The baseline's rows: bench_workerd's when it ran, else measured here.
+    if [ -z "${R[baseline.${CONNS%% *}]:-}" ]; then
+        start_worker baseline
+        wait_answer baseline >/dev/null
+        read -r pid port <<<"$(find_workerd baseline)"
+        write_lua baseline "$SCRATCH/run-baseline/load.lua"
+        wrk_rows baseline "$pid" "$port" "$SCRATCH/run-baseline/load.lua" baseline
+        stop_worker
+    fi
+    start_worker edgeflag-demo ofrep
+    wait_answer edgeflag-demo >/dev/null
+    read -r pid port <<<"$(find_workerd edgeflag-demo)"
+    log "edgeflag-demo (OFREP): wrangler pgid $W_PGID, workerd pid $pid on :$port"
+    write_ofrep_lua "$dir/single.lua" "$OFREP_SINGLE"
+    write_ofrep_lua "$dir/bulk.lua" "$OFREP_BULK"
+    echo "## OFREP under workerd (wrk -t1 straight at the Worker's workerd, ${DURATION}s per row, demo state)"
+    echo
+    echo "Single: \`POST $OFREP_SINGLE\`; bulk: \`POST $OFREP_BULK\` (every flag of the client, ETag"
+    echo "hashed over the body). Each request has a fresh targeting key. Ratios are to the baseline Worker"
+    echo "(parses the request JSON, returns a fixed answer) at the same connection count. \`ofrep-bulk-noapply\`"
+    echo "is bulk with \`OFREP_BULK_APPLY=false\` (resolves recorded, no exposure events)."
+    echo
+    for path in "$OFREP_SINGLE" "$OFREP_BULK"; do
+        code=$(curl -s -o /dev/null -m 5 -w '%{http_code}' -X POST -H 'content-type: application/json' \
+            -H "authorization: Bearer $DEMO_SECRET" --data '{"context":{"targetingKey":"probe"}}' \
+            "http://127.0.0.1:$port$path" || true)
+        if [ "$code" != 200 ]; then
+            echo "> $path answered HTTP $code, not 200: its rows measure that answer."
+            echo
+        fi
+    done
+    wrk_rows edgeflag-demo-ofrep "$pid" "$port" "$dir/single.lua" ofrep-single
+    wrk_rows edgeflag-demo-ofrep "$pid" "$port" "$dir/bulk.lua" ofrep-bulk
+    stop_worker
+    # Bulk again with exposures off: what recording them costs.
+    W_VARS=(--var OFREP_BULK_APPLY:false)
+    start_worker edgeflag-demo ofrep-noapply
+    W_VARS=()
+    wait_answer edgeflag-demo >/dev/null
+    read -r pid port <<<"$(find_workerd edgeflag-demo)"
+    wrk_rows edgeflag-demo-ofrep-noapply "$pid" "$port" "$dir/bulk.lua" ofrep-bulk-noapply
+    stop_worker
+    echo "| route | connections | req/s | p50 ms | p99 ms | workerd CPU µs/req | non-2xx | req/s ÷ baseline | CPU/req ÷ baseline |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for key in baseline ofrep-single ofrep-bulk ofrep-bulk-noapply; do
+        for c in $CONNS; do
+            read -r -a e <<<"${R[$key.$c]}"
+            read -r -a b <<<"${R[baseline.$c]}"
+            awk -v k="$key" -v c="$c" -v e1="${e[0]}" -v e2="${e[1]}" -v e3="${e[2]}" -v e4="${e[3]}" -v e5="${e[4]}" \
+                -v b1="${b[0]}" -v b4="${b[3]}" '
+                function r(x, y) { return (y > 0) ? sprintf("%.2f", x / y) : "n/a" }
+                BEGIN { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", k, c, e1, e2, e3, e4, e5, r(e1, b1), r(e4, b4) }'
+        done
     done
     echo
 }
@@ -741,7 +834,7 @@ bench_scale() {
 
 # --- main ------------------------------------------------------------------------------------
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd cold telemetry sticky scale)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd ofrep cold telemetry sticky scale)
 echo "# edgeflag benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
 echo
 echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start."
@@ -754,9 +847,10 @@ for s in "${SECTIONS[@]}"; do
         workerd) bench_workerd ;;
         cold | cold_start) bench_cold_start ;;
         telemetry) bench_telemetry ;;
+        ofrep) bench_ofrep ;;
         sticky) bench_sticky ;;
         scale) bench_scale ;;
-        *) die "unknown section '$s' (native size workerd cold telemetry sticky scale)" ;;
+        *) die "unknown section '$s' (native size workerd ofrep cold telemetry sticky scale)" ;;
     esac
 done
 log "done in $((SECONDS - T0))s"

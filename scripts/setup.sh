@@ -2,11 +2,12 @@
 # Installs what building, running and testing the edgeflag Worker needs.
 #
 #   bash scripts/setup.sh            # Rust wasm target, wasm-bindgen-cli, worker-build, npm ci
-#   bash scripts/setup.sh --e2e      # ... plus .venv/ with tests/e2e/requirements.txt, promtool (apt)
+#   bash scripts/setup.sh --e2e      # ... plus .venv/ with tests/e2e/requirements.txt,
+#                                    #     .venv-ofrep/ with tests/e2e/ofrep/requirements.txt, promtool (apt)
 #   bash scripts/setup.sh --bench    # ... plus wrk (apt)
 #
 # Idempotent and cached: everything lands in the (gitignored) repo-local
-# .tools/, node_modules/ and .venv/, and each step is skipped when what it
+# .tools/, node_modules/, .venv/ and .venv-ofrep/, and each step is skipped when what it
 # would install is already there at the wanted version. Needs only rustup,
 # Node >= 20 + npm and python3 on the machine; no GitHub access (wasm-bindgen
 # comes from crates.io instead of worker-build's GitHub download).
@@ -26,7 +27,7 @@ for arg in "$@"; do
         --bench) WANT_BENCH=1 ;;
         --print-env) PRINT_ENV=1 ;;
         -h | --help)
-            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -174,6 +175,21 @@ if [ "$WANT_E2E" = 1 ]; then
         .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt >&2
         echo "$REQ_SUM" >.venv/.edgeflag-req.sha256
         did+=("pip e2e requirements ($((SECONDS - t))s)")
+    fi
+    # The published Python OFREP client needs a newer openfeature-sdk than
+    # the Confidence SDK in .venv pins, so it gets a venv of its own.
+    if [ ! -x .venv-ofrep/bin/python ]; then
+        log "creating .venv-ofrep"
+        python3 -m venv .venv-ofrep
+        did+=(".venv-ofrep")
+    fi
+    OFREP_SUM=$(sha256sum tests/e2e/ofrep/requirements.txt | cut -d' ' -f1)
+    if [ "$(cat .venv-ofrep/.edgeflag-req.sha256 2>/dev/null || true)" != "$OFREP_SUM" ]; then
+        log "pip install -r tests/e2e/ofrep/requirements.txt (.venv-ofrep)"
+        t=$SECONDS
+        .venv-ofrep/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/ofrep/requirements.txt >&2
+        echo "$OFREP_SUM" >.venv-ofrep/.edgeflag-req.sha256
+        did+=("pip OFREP client requirements ($((SECONDS - t))s)")
     fi
 fi
 

@@ -5,16 +5,20 @@
 //!
 //! ```text
 //! worker::fetch (worker/mod.rs)        routing, CORS, body limit, errors
-//!   POST /v1/flags:resolve  -> worker::flags::resolve
+//!   POST /v1/flags:resolve  -> worker::confidence::resolve
 //!        api::parse_resolve_request     JSON -> ResolveFlagsRequest
-//!        state::live / snapshot         the validated state serving this isolate
-//!        resolve::resolve               the pure core: targeting, bucketing, sticky
-//!        (sticky flags: worker::sticky_kv reads KV in the layout of
-//!         sticky_layout, then resolve again)
-//!        token / exposure               resolve token, or exposure events
-//!        telemetry (worker::telemetry)  record in the same synchronous window
-//!        api::write_resolve_response    JSON out
-//!   POST /v1/flags:apply    -> worker::flags::apply (token::open, exposure::apply)
+//!        worker::flags::resolve_with    the one resolve path every protocol shares:
+//!          flags::snapshot              the validated state serving this isolate
+//!          resolve::resolve             the pure core: targeting, bucketing, sticky
+//!          (sticky flags: worker::sticky_kv reads KV in the layout of
+//!           sticky_layout, then resolve again)
+//!          the protocol's writer        here: token, api::write_resolve_response
+//!          telemetry (worker::telemetry) record in the same synchronous window
+//!   POST /v1/flags:apply    -> worker::confidence::apply (token::open, exposure::apply)
+//!   POST /ofrep/v1/evaluate/flags/{key}, POST /ofrep/v1/evaluate/flags
+//!                           -> worker::ofrep::{evaluate, bulk}
+//!        ofrep::parse_key / parse_context, then worker::flags::resolve_with
+//!        with ofrep::single / ofrep::bulk (+ ofrep::etag, 304) as the writer
 //!   GET  /metrics           -> worker::metrics: METRICS_KV copy (?consistent=1: the
 //!                              aggregator), telemetry::render_prometheus
 //!   POST /v1/metrics:apply  -> worker::metrics -> the aggregator (METRICS_INGEST_TOKEN)
@@ -38,6 +42,8 @@ pub mod cli;
 pub mod exposure;
 /// MurmurHash3 bucketing.
 pub mod hash;
+/// OFREP: request parsing, reason mapping, typed values, errors, ETags.
+pub mod ofrep;
 /// Generated wire types and their proto3 JSON mapping.
 pub mod proto;
 /// The resolver core.

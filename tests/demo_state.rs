@@ -31,8 +31,8 @@ fn demo_state_loads_without_warnings() {
     let snap = snapshot();
     assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
     assert_eq!(snap.account_id, "edgeflag-demo");
-    assert_eq!(snap.stats.flags, 5);
-    assert_eq!(snap.stats.active_flags, 4);
+    assert_eq!(snap.stats.flags, 6);
+    assert_eq!(snap.stats.active_flags, 5);
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn demo_flags_resolve_as_documented() {
     let snap = snapshot();
     let set = StickySet::new();
     let se = resolve(&snap, "demo-secret", json!({"targeting_key": "user-1", "country": "SE"}), Sticky::Known(&set));
-    assert_eq!(se["resolvedFlags"].as_array().map(Vec::len), Some(4), "archived flag left out: {se}");
+    assert_eq!(se["resolvedFlags"].as_array().map(Vec::len), Some(5), "archived flag left out: {se}");
     assert_eq!(flag(&se, "flags/welcome-banner")["value"]["message"], "Hej och välkommen!");
     let us = resolve(&snap, "demo-secret", json!({"targeting_key": "user-1", "country": "US"}), Sticky::Known(&set));
     assert_eq!(flag(&us, "flags/welcome-banner")["value"]["message"], "Welcome!");

@@ -21,6 +21,7 @@
 mod synth;
 
 use edgeflag::api;
+use edgeflag::ofrep;
 use edgeflag::proto::wkt::{value::Kind, Struct, Value};
 use edgeflag::resolve::sticky::{Sticky, StickySet};
 use edgeflag::resolve::{self, Request, DEFAULT_SELECTOR};
@@ -214,6 +215,66 @@ fn main() {
         }
     }
     println!();
+
+    println!(
+        "### OFREP per request (`ofrep::parse_context`, resolve, `ofrep::single` / `ofrep::bulk` + `ofrep::etag`)\n"
+    );
+    println!("| state | single ns | single bytes | bulk flags | bulk ns | bulk bytes |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for case in &cases {
+        bench_ofrep(case, opts.budget);
+    }
+    println!();
+}
+
+/// Bytes in, bytes out, as the Worker's OFREP routes do it (minus I/O and
+/// telemetry): one flag's whole value, and every flag with the body ETag.
+fn bench_ofrep(case: &Case, budget: Duration) {
+    let sticky = StickySet::new();
+    let mut ctx = serde_json::to_value(&case.contexts[0]).expect("context as JSON");
+    let bodies: Vec<Vec<u8>> = (0..64)
+        .map(|i| {
+            if let Some(m) = ctx.as_object_mut() {
+                m.remove(DEFAULT_SELECTOR);
+                m.insert("targetingKey".into(), serde_json::Value::String(format!("user-{i}")));
+            }
+            serde_json::json!({ "context": ctx }).to_string().into_bytes()
+        })
+        .collect();
+    let client = case.snap.credential(&case.secret).map(|c| c.client.clone()).unwrap_or_default();
+    let name = case.flags[0].strip_prefix("flags/").unwrap_or(&case.flags[0]);
+    let key = ofrep::parse_key(name).expect("flag key");
+    let (mut single_bytes, mut bulk_bytes, mut bulk_flags) = (0, 0, 0);
+    let single = measure(budget / 2, |i| {
+        let ctx = ofrep::parse_context(black_box(&bodies[i % bodies.len()])).expect("context");
+        let flags = [key.flag.clone()];
+        let req = Request { flags: &flags, context: &ctx, client_secret: &case.secret };
+        let res = resolve::resolve(&case.snap, &req, Sticky::Known(&sticky), None).expect("resolves");
+        let (_, out) = ofrep::single(&case.snap, &client, &key, res.flags.first());
+        single_bytes = out.len();
+        black_box(out);
+        1
+    });
+    let bulk = measure(budget / 2, |i| {
+        let ctx = ofrep::parse_context(black_box(&bodies[i % bodies.len()])).expect("context");
+        let req = Request { flags: &[], context: &ctx, client_secret: &case.secret };
+        let res = resolve::resolve(&case.snap, &req, Sticky::Known(&sticky), None).expect("resolves");
+        let out = ofrep::bulk(&case.snap, &client, &res.flags);
+        black_box(ofrep::etag(&out));
+        bulk_bytes = out.len();
+        bulk_flags = res.flags.len();
+        black_box(out);
+        1
+    });
+    println!(
+        "| {} | {:.0} | {} | {} | {:.0} | {} |",
+        case.label,
+        single.mean_ns(),
+        single_bytes,
+        bulk_flags,
+        bulk.mean_ns(),
+        bulk_bytes
+    );
 }
 
 struct Opts {

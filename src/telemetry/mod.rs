@@ -116,10 +116,12 @@ pub enum Route {
     Metrics,
     Preflight,
     Other,
+    OfrepEvaluate,
+    OfrepBulk,
 }
 
 impl Route {
-    pub const ALL: [Route; 7] = [
+    pub const ALL: [Route; 9] = [
         Route::Resolve,
         Route::Apply,
         Route::TelemetryUpload,
@@ -127,6 +129,8 @@ impl Route {
         Route::Metrics,
         Route::Preflight,
         Route::Other,
+        Route::OfrepEvaluate,
+        Route::OfrepBulk,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -138,6 +142,8 @@ impl Route {
             Route::Metrics => "metrics",
             Route::Preflight => "preflight",
             Route::Other => "other",
+            Route::OfrepEvaluate => "ofrep_evaluate",
+            Route::OfrepBulk => "ofrep_bulk",
         }
     }
 }

@@ -1,19 +1,21 @@
-//! `flags:resolve` and `flags:apply`. Each resolve runs start to finish in
-//! one synchronous stretch (resolve, record telemetry, write the response);
-//! the only awaits are reading the body and, for sticky flags, reading KV
-//! between the discovery pass and the real one. Nothing of a request is
-//! kept in a global across those awaits.
+//! The one place that knows where states come from ([`snapshot`]) and the
+//! one resolve path every protocol shares ([`resolve_with`]). Protocol
+//! modules (`confidence`, `ofrep`) only parse their request and write
+//! their response. Each resolve runs in one synchronous stretch (resolve,
+//! write the response, record telemetry); the only awaits before it are
+//! the caller's body read and, for sticky flags, the KV reads between the
+//! discovery pass and the real one. Nothing of a request is kept in a
+//! global across those awaits.
 
-use super::http::json_response;
 use super::{runtime, sticky_kv, Call};
 use crate::api::{self, ApiError};
 use crate::exposure;
+use crate::proto::resolver::Sdk;
 use crate::proto::wkt::Struct;
-use crate::resolve::{self, sticky::Sticky};
+use crate::resolve::{self, sticky::Sticky, Resolution};
 use crate::state::embedded;
 use crate::state::live::LiveState;
 use crate::state::snapshot::Snapshot;
-use crate::token;
 use std::sync::Arc;
 
 /// The state this isolate serves.
@@ -48,22 +50,63 @@ pub fn snapshot() -> Result<Arc<Snapshot>, ApiError> {
 
 static EMPTY: std::sync::OnceLock<Struct> = std::sync::OnceLock::new();
 
-/// Any failure, whatever its cause, counts as one RESOLVE_REASON_ERROR.
-pub async fn resolve(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response, ApiError> {
+/// An empty evaluation context.
+pub fn empty_context() -> &'static Struct {
+    EMPTY.get_or_init(Struct::default)
+}
+
+/// What a protocol asks the shared resolve path for.
+pub struct Ask<'a> {
+    /// Empty means every flag the client may see.
+    pub flags: &'a [String],
+    pub context: &'a Struct,
+    pub client_secret: &'a str,
+    /// Reported in exposure events.
+    pub sdk: Option<Sdk>,
+}
+
+/// What the protocol's writer gets, inside the resolve's synchronous window.
+pub struct Resolved<'a, 's, 'r> {
+    pub snap: &'a Arc<Snapshot>,
+    pub res: &'a Resolution<'s, 'r>,
+    pub resolve_id: &'a str,
+    /// Fresh random bytes for a token nonce.
+    pub nonce: [u8; 12],
+}
+
+/// The writer's answer: the response, and whether the flags it returns are
+/// being used now (recorded as exposures) or only resolved.
+pub struct Written<R> {
+    pub response: R,
+    pub exposed: bool,
+}
+
+/// The one resolve path every protocol shares: takes the serving snapshot,
+/// resolves (with the sticky KV passes), hands the resolution to `write`
+/// and records telemetry for exactly what was written, with no await
+/// between resolving, writing and recording. Any failure, whatever its
+/// cause, counts as one RESOLVE_REASON_ERROR.
+pub async fn resolve_with<R>(
+    call: &Call<'_>,
+    ask: Ask<'_>,
+    write: impl FnOnce(&Resolved<'_, '_, '_>) -> Result<Written<R>, ApiError>,
+) -> Result<R, ApiError> {
     let started = runtime::now_ms();
-    let result = resolve_inner(body, call, started).await;
+    let result = resolve_inner(call, ask, started, write).await;
     if result.is_err() {
         super::telemetry::failed_resolve(runtime::now_ms() - started);
     }
     result
 }
 
-async fn resolve_inner(body: Vec<u8>, call: &Call<'_>, started: f64) -> Result<::worker::Response, ApiError> {
+async fn resolve_inner<R>(
+    call: &Call<'_>,
+    ask: Ask<'_>,
+    started: f64,
+    write: impl FnOnce(&Resolved<'_, '_, '_>) -> Result<Written<R>, ApiError>,
+) -> Result<R, ApiError> {
     let snap = snapshot()?;
-    let req = api::parse_resolve_request(&body)?;
-    let apply = runtime::force_apply(call.env) || req.apply;
-    let context = req.evaluation_context.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Struct::default));
-    let request = resolve::Request { flags: &req.flags, context, client_secret: &req.client_secret };
+    let request = resolve::Request { flags: ask.flags, context: ask.context, client_secret: ask.client_secret };
     let sticky = runtime::sticky_bound(call.env);
 
     // Discovery pass: if no flag needs a sticky read, it is final.
@@ -93,44 +136,32 @@ async fn resolve_inner(body: Vec<u8>, call: &Call<'_>, started: f64) -> Result<:
     let mut id_bytes = [0u8; 32];
     id_bytes.copy_from_slice(&random[..32]);
     let resolve_id = api::resolve_id_from(&id_bytes);
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&random[32..]);
+    let written = write(&Resolved { snap: &snap, res: &res, resolve_id: &resolve_id, nonce })?;
     let now = runtime::now_ms();
-    let token = if apply {
-        None
+    // An exposure of no flag says nothing: no event.
+    let applied = if written.exposed {
+        exposure::applied_flags_from_resolution(&res, runtime::timestamp(now))
     } else {
-        let keys = runtime::token_keys(call.env)?;
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&random[32..]);
-        Some(token::for_resolution(&keys, &nonce, &res, &resolve_id, &snap.account_id))
+        Vec::new()
     };
-    let assigned = apply.then(|| {
-        let flags = exposure::applied_flags_from_resolution(&res, runtime::timestamp(now));
-        exposure::flag_assigned(&resolve_id, res.credential, req.sdk.clone(), flags)
-    });
-    super::telemetry::resolved(&snap, &res, context, assigned, now - started);
-    let mut out = Vec::with_capacity(256 + 192 * res.flags.len());
-    api::write_resolve_response(&mut out, &res, &resolve_id, token.as_deref(), None);
+    let assigned =
+        (!applied.is_empty()).then(|| exposure::flag_assigned(&resolve_id, res.credential, ask.sdk, applied));
+    super::telemetry::resolved(&snap, &res, ask.context, assigned, now - started);
     let writes = res.writes;
 
     if let (Some(kv), false) = (kv, writes.is_empty()) {
         let ttl = runtime::sticky_ttl(call.env);
         call.ctx.wait_until(sticky_kv::write(kv, writes, ttl));
     }
-    json_response(200, out)
+    Ok(written.response)
 }
 
-pub async fn apply(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response, ApiError> {
-    let req = api::parse_apply_request(&body)?;
-    let snap = snapshot()?;
-    let credential = snap
-        .credential(&req.client_secret)
-        .ok_or_else(|| ApiError::from(resolve::ResolveError::UnknownClientSecret))?;
-    // SDKs that resolved with apply=true still send an apply with no token.
-    if req.resolve_token.is_empty() {
-        return json_response(200, b"{}".to_vec());
-    }
-    let keys = runtime::token_keys(call.env)?;
-    let token = token::open(&keys, &credential.credential, &req.resolve_token).map_err(ApiError::from)?;
-    let assigned = exposure::apply(&token, &req, credential, runtime::timestamp(runtime::now_ms()))?;
-    super::telemetry::applied(assigned);
-    json_response(200, b"{}".to_vec())
+/// Marks a response with the etag of the snapshot that computed it.
+pub fn set_state_etag(resp: &::worker::Response, etag: &str) -> Result<(), ApiError> {
+    super::http::set(resp.headers(), STATE_ETAG_HEADER, etag)
 }
+
+/// Carried by every response computed from a state.
+pub const STATE_ETAG_HEADER: &str = "x-edgeflag-state-etag";

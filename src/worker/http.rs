@@ -21,6 +21,14 @@ pub const CORS_MAX_AGE_SECS: u32 = 86_400;
 /// Methods the API answers to, as listed in `Access-Control-Allow-Methods`.
 pub const CORS_ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 
+/// Request headers allowed when a preflight names none: what the
+/// Confidence and OFREP clients send.
+pub const CORS_ALLOW_HEADERS: &str = "Content-Type, Authorization, X-API-Key, If-None-Match";
+
+/// Response headers a browser may read: the bulk OFREP `ETag` (the web
+/// provider's 304s depend on it) and the serving state's etag.
+pub const CORS_EXPOSE_HEADERS: &str = "ETag, x-edgeflag-state-etag";
+
 // ---------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------
@@ -123,11 +131,11 @@ impl Cors {
             (chosen.to_string(), true)
         };
         // Echo what a preflight asks for (a bare `*` does not cover
-        // `Authorization` in browsers); otherwise allow any header.
+        // `Authorization` in browsers); otherwise name what clients send.
         let allow_headers = request_headers
             .map(str::trim)
             .filter(|h| !h.is_empty() && h.len() <= 1024 && h.bytes().all(is_header_list_byte))
-            .unwrap_or("*")
+            .unwrap_or(CORS_ALLOW_HEADERS)
             .to_string();
         Cors { allow_origin, vary_origin, allow_headers }
     }
@@ -148,6 +156,7 @@ impl Cors {
         h.set("Access-Control-Allow-Origin", &self.allow_origin)?;
         h.set("Access-Control-Allow-Methods", CORS_ALLOW_METHODS)?;
         h.set("Access-Control-Allow-Headers", &self.allow_headers)?;
+        h.set("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)?;
         h.set("Access-Control-Max-Age", &CORS_MAX_AGE_SECS.to_string())?;
         if self.vary_origin {
             h.append("Vary", "Origin")?;

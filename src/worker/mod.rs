@@ -11,18 +11,22 @@
 //! | `GET  /v1/state:etag`        | [`handle_state_etag`]    |
 //! | `GET  /metrics`              | [`handle_metrics`]       |
 //! | `POST /v1/metrics:apply`     | [`handle_metrics_apply`] |
+//! | `POST /ofrep/v1/evaluate/flags/{key}` | [`handle_ofrep_evaluate`] |
+//! | `POST /ofrep/v1/evaluate/flags`       | [`handle_ofrep_bulk`]     |
 //! | `OPTIONS` any path           | CORS preflight, 204      |
 //!
 //! Any other path is a 404, a known path with another method a 405 with
-//! `Allow`. Every response, errors and preflights included, carries the
+//! `Allow`. Under `/ofrep/`, errors are written in OFREP's shape. Every response, errors and preflights included, carries the
 //! CORS headers (see [`http::Cors`]). Bodies over [`MAX_BODY_BYTES`] are a
 //! 413 before the handler runs.
 
+mod confidence;
 mod consumer;
 mod flags;
 pub mod http;
 mod metrics;
 mod metrics_do;
+mod ofrep;
 mod runtime;
 mod sticky_kv;
 mod telemetry;
@@ -44,12 +48,22 @@ pub struct Call<'a> {
 
 /// `POST /v1/flags:resolve`.
 pub async fn handle_resolve(req_body: Vec<u8>, call: &Call<'_>) -> Result<Response, ApiError> {
-    flags::resolve(req_body, call).await
+    confidence::resolve(req_body, call).await
 }
 
 /// `POST /v1/flags:apply`.
 pub async fn handle_apply(req_body: Vec<u8>, call: &Call<'_>) -> Result<Response, ApiError> {
-    flags::apply(req_body, call).await
+    confidence::apply(req_body, call).await
+}
+
+/// `POST /ofrep/v1/evaluate/flags/{key}`: one flag, `{key}` URL-encoded.
+pub async fn handle_ofrep_evaluate(raw_key: &str, req_body: Vec<u8>, call: &Call<'_>) -> Result<Response, ApiError> {
+    ofrep::evaluate(raw_key, req_body, call).await
+}
+
+/// `POST /ofrep/v1/evaluate/flags`: every flag, with an ETag.
+pub async fn handle_ofrep_bulk(req_body: Vec<u8>, query: &str, call: &Call<'_>) -> Result<Response, ApiError> {
+    ofrep::bulk(req_body, query, call).await
 }
 
 /// `POST /v1/telemetry:upload`: SDKs report their own telemetry here; it is
@@ -94,6 +108,8 @@ enum Route {
     StateEtag,
     Metrics,
     MetricsApply,
+    OfrepEvaluate,
+    OfrepBulk,
 }
 
 impl Route {
@@ -105,6 +121,8 @@ impl Route {
             "/v1/state:etag" => Route::StateEtag,
             "/metrics" => Route::Metrics,
             "/v1/metrics:apply" => Route::MetricsApply,
+            ofrep::BULK_PATH => Route::OfrepBulk,
+            p if ofrep::single_key(p).is_some() => Route::OfrepEvaluate,
             _ => return None,
         })
     }
@@ -112,7 +130,12 @@ impl Route {
     /// The one method this route serves (besides the `OPTIONS` preflight).
     fn method(self) -> &'static str {
         match self {
-            Route::Resolve | Route::Apply | Route::TelemetryUpload | Route::MetricsApply => "POST",
+            Route::Resolve
+            | Route::Apply
+            | Route::TelemetryUpload
+            | Route::MetricsApply
+            | Route::OfrepEvaluate
+            | Route::OfrepBulk => "POST",
             Route::StateEtag | Route::Metrics => "GET",
         }
     }
@@ -145,6 +168,8 @@ fn telemetry_route(req: &Request) -> crate::telemetry::Route {
         Some(Route::TelemetryUpload) => T::TelemetryUpload,
         Some(Route::StateEtag) => T::StateEtag,
         Some(Route::Metrics) => T::Metrics,
+        Some(Route::OfrepEvaluate) => T::OfrepEvaluate,
+        Some(Route::OfrepBulk) => T::OfrepBulk,
         Some(Route::MetricsApply) | None => T::Other,
     }
 }
@@ -154,6 +179,7 @@ async fn fetch(req: Request, env: Env, ctx: Context) -> ::worker::Result<Respons
     let cors = Cors::from_request(&req, &env);
     let mut resp = match dispatch(&req, &env, &ctx).await {
         Ok(resp) => resp,
+        Err(err) if req.path().starts_with("/ofrep/") => ofrep::error_response(&req.path(), &err)?,
         Err(err) => http::error_response(&err)?,
     };
     telemetry::request(telemetry_route(&req), resp.status_code());
@@ -178,7 +204,9 @@ async fn dispatch(req: &Request, env: &Env, ctx: &Context) -> Result<Response, A
     };
     if method != route.method() {
         let err = http::method_not_allowed(&method, &path, route.allow());
-        let resp = http::error_response(&err).map_err(|e| http::internal(e.to_string()))?;
+        let resp =
+            if path.starts_with("/ofrep/") { ofrep::error_response(&path, &err) } else { http::error_response(&err) }
+                .map_err(|e| http::internal(e.to_string()))?;
         http::set(resp.headers(), "Allow", route.allow())?;
         return Ok(resp);
     }
@@ -198,5 +226,10 @@ async fn dispatch(req: &Request, env: &Env, ctx: &Context) -> Result<Response, A
             handle_metrics(&call, consistent).await
         }
         Route::MetricsApply => handle_metrics_apply(body, &call).await,
+        Route::OfrepEvaluate => handle_ofrep_evaluate(ofrep::single_key(&path).unwrap_or_default(), body, &call).await,
+        Route::OfrepBulk => {
+            let query = req.url().map(|u| u.query().unwrap_or_default().to_string()).unwrap_or_default();
+            handle_ofrep_bulk(body, &query, &call).await
+        }
     }
 }

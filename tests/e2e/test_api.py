@@ -46,8 +46,9 @@ WELCOME = "flags/welcome-banner"
 CHECKOUT = "flags/new-checkout"
 PRICING = "flags/pricing-experiment"
 DARK = "flags/dark-mode"
+SEARCH = "flags/search-tuning"  # full rollout; a whole-number double (`boost`)
 LEGACY = "flags/legacy-search"  # ARCHIVED: never resolved
-ACTIVE_FLAGS = {WELCOME, CHECKOUT, PRICING, DARK}
+ACTIVE_FLAGS = {WELCOME, CHECKOUT, PRICING, DARK, SEARCH}
 
 WELCOME_SCHEMA = {"schema": {"enabled": {"boolSchema": {}}, "message": {"stringSchema": {}}}}
 CHECKOUT_SCHEMA = {"schema": {"enabled": {"boolSchema": {}}, "steps": {"intSchema": {}}}}
