@@ -466,7 +466,7 @@ def load_through_sink(
     stg: int,
     bad: int,
     connections: int,
-    config_edit: Callable[[str], str] | None = None,
+    edit_config: Callable[[str], str] | None = None,
     vars: dict[str, str] | None = None,
 ) -> LoadRun:
     """A fresh instance delivering to `sink`, loaded with make_plan(web, stg,
@@ -474,7 +474,7 @@ def load_through_sink(
     sink are stopped before this returns, so the figures are final."""
     worker: Worker | None = None
     try:
-        worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url, **(vars or {})}, edit_config=config_edit)
+        worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url, **(vars or {})}, edit_config=edit_config)
         sent, sent_seconds = run_load(worker, make_plan(web, stg, bad), connections)
         exp = expectations(sent)
         with requests.Session() as http:
