@@ -820,7 +820,7 @@ bench_sticky() {
     echo
     cat "$out"
     echo
-    echo "Reference-layout keys (value only, as the Confidence worker writes them) cost a bulk value read after the listing; edgeflag's own keys carry the variant in metadata, so the listing answers. Both stored rows also pay the key's rewrite after the response (waitUntil) that a sticky hit queues. Local KV is on disk next to workerd: on Cloudflare each read is a network round trip, so the gap is larger there."
+    echo "Reference-layout keys (value only, as the Confidence worker writes them) cost a bulk value read after the listing; edgeflag's own keys carry the variant in metadata, so the listing answers. Local KV is on disk next to workerd: on Cloudflare each read is a network round trip, so the gap is larger there."
     echo
 }
 

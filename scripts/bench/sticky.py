@@ -7,7 +7,7 @@
       and N others in the reference worker's (value only).
   sticky.py run --port PORT --pid PID --units N --conns C
       Resolves the pricing experiment for N units of each kind (each unit
-      once: a sticky hit rewrites its key in edgeflag's layout) over C
+      once, so every row reads what was seeded) over C
       keep-alive connections, plus a flag without sticky data and units
       with nothing stored; prints one markdown row per kind.
 

@@ -473,7 +473,15 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 return Some(Stop::Reason(ResolveReason::MaterializationNotSupported));
             }
             let dup = self.writes.iter().any(|w| w.unit == u && w.materialization == write && w.rule == rname);
-            if !dup {
+            // Rewriting the record the store already holds (a sticky hit)
+            // changes nothing but costs a KV write per resolve, and KV takes
+            // one write a second per key: a busy unit would hit 429s.
+            let variant_name = variant.map(|v| v.name.as_str()).unwrap_or("");
+            let held = match self.sticky {
+                Sticky::Known(set) => !variant_name.is_empty() && set.lookup(u, write, rname) == Some(variant_name),
+                _ => false,
+            };
+            if !dup && !held {
                 self.writes.push(Record {
                     unit: u.to_string(),
                     materialization: write.to_string(),

@@ -92,3 +92,22 @@ fn another_units_failure_changes_nothing() {
     let (flags, _) = run(&snap, &[READ_FLAG], "SE", &set);
     assert_eq!(flags, vec![(READ_FLAG.into(), ResolveReason::Match, "treatment".into())]);
 }
+
+#[test]
+fn a_sticky_hit_does_not_rewrite_the_record_it_read() {
+    let snap = snapshot();
+    // First resolve: nothing stored, so the assignment is written.
+    let (first, writes) = run(&snap, &[READ_FLAG], "SE", &StickySet::new());
+    let [w] = writes.as_slice() else { panic!("one write, got {writes:?}") };
+    // Second resolve with that record stored: the same variant, no write.
+    let set = StickySet::from_records([w]);
+    let (again, rewrites) = run(&snap, &[READ_FLAG], "SE", &set);
+    assert_eq!(again, first);
+    assert!(rewrites.is_empty(), "a sticky hit rewrote {rewrites:?}");
+    // A stored record of another variant (the allocation moved) still wins,
+    // and is not rewritten either.
+    let other = Record { variant: "treatment".into(), ..w.clone() };
+    let (moved, rewrites) = run(&snap, &[READ_FLAG], "SE", &StickySet::from_records([&other]));
+    assert_eq!(moved, vec![(READ_FLAG.into(), ResolveReason::Match, "treatment".into())]);
+    assert!(rewrites.is_empty(), "{rewrites:?}");
+}
