@@ -254,7 +254,8 @@ def _serves(port: int, expect_etag: str) -> str | None:
     """None when http://127.0.0.1:`port` serves this bundle's state etag,
     else why not."""
     try:
-        r = requests.get(f"http://127.0.0.1:{port}/v1/state:etag", timeout=2, headers={"Connection": "close"})
+        # requests.get opens (and closes) a connection of its own.
+        r = requests.get(f"http://127.0.0.1:{port}/v1/state:etag", timeout=2)
         etag = r.json().get("etag") if r.status_code == 200 else None
     except (requests.RequestException, ValueError, AttributeError) as e:
         return f":{port}: {e}"
@@ -457,16 +458,36 @@ def base_url(worker: Worker) -> str:
     return worker.base_url
 
 
+class _OneConnectionPerRequest(requests.adapters.HTTPAdapter):
+    """Sends every request on a new TCP connection and closes it once the
+    response is read. workerd drops a keep-alive connection after 5 s idle
+    (kj's pipelineTimeout), and ignores a request's `Connection: close`, so
+    a pooled connection reused near that moment can be closed under the
+    request: a failure that is not the Worker's. Loopback connections cost
+    well under a millisecond."""
+
+    def send(self, request, stream=False, **kwargs):  # type: ignore[override]
+        resp = super().send(request, stream=False, **kwargs)
+        _ = resp.content  # read it all, then drop the pool and its connection
+        self.close()
+        return resp
+
+
+def fresh_session() -> requests.Session:
+    """A requests session whose every request gets its own connection (see
+    _OneConnectionPerRequest). Use it instead of requests.Session() in tests;
+    pass timeout=REQUEST_TIMEOUT on every call."""
+    s = requests.Session()
+    adapter = _OneConnectionPerRequest(max_retries=0)
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
+
+
 @pytest.fixture(scope="session")
 def http() -> Iterator[requests.Session]:
-    """A requests session; pass timeout=REQUEST_TIMEOUT on every call.
-
-    Every request gets a fresh connection (`Connection: close`): workerd
-    closes keep-alive connections idle for 5 s, and a request written on a
-    pooled one just as it closes would fail for reasons that are not the
-    Worker's. Loopback connections cost well under a millisecond."""
-    with requests.Session() as s:
-        s.headers["Connection"] = "close"
+    """A fresh_session(); pass timeout=REQUEST_TIMEOUT on every call."""
+    with fresh_session() as s:
         yield s
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import DEMO_SECRET, REQUEST_TIMEOUT, Worker, launch_worker
+from conftest import DEMO_SECRET, REQUEST_TIMEOUT, Worker, fresh_session, launch_worker
 from test_telemetry import (
     DRAIN_TIMEOUT,
     POLL_INTERVAL,
@@ -177,7 +177,7 @@ def test_ofrep_telemetry_is_exact(built_worker: Path, tmp_path_factory: pytest.T
         if not bulk_apply:
             vars["OFREP_BULK_APPLY"] = "false"
         worker = launch_worker(tmp_path_factory.mktemp("ofrep-telemetry"), vars=vars)
-        with requests.Session() as http:
+        with fresh_session() as http:
             exp = drive(http, worker.base_url, bulk_apply)
             assert exp.exposures and exp.reasons[NO_MATCH] and exp.reasons[MATCH]
             m, bodies = wait_drained(http, worker, sink, exp)

@@ -33,7 +33,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from conftest import REPO, REQUEST_TIMEOUT, WRANGLER, Bundle, Worker, launch_worker, poll, snapshot_bundle
+from conftest import REPO, REQUEST_TIMEOUT, WRANGLER, Bundle, Worker, fresh_session, launch_worker, poll, snapshot_bundle
 
 SPEC = REPO.parent / "shared" / "conformance" / "resolver-spec"
 SPEC_STATE = REPO / "target" / "e2e-spec" / "state.json"  # the suite's, plus UNREADABLE_FLAG
@@ -334,7 +334,7 @@ def results(spec_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> It
 
         def run(r: Round) -> dict[tuple[str, str], list[str]]:
             out = {}
-            with requests.Session() as http:
+            with fresh_session() as http:
                 for c in r.cases:
                     resp = http.post(r.worker.url("/v1/flags:resolve"), json=c.raw["resolveRequest"], timeout=REQUEST_TIMEOUT)
                     if resp.status_code != 200:
@@ -375,7 +375,7 @@ def test_a_failed_read_is_an_error_writes_nothing_and_is_counted(
 ) -> None:
     worker = launch_worker(tmp_path_factory.mktemp("sticky-unreadable"), bundle=spec_bundle)
     try:
-        with requests.Session() as http:
+        with fresh_session() as http:
             body = {
                 "flags": [UNREADABLE_FLAG, "flags/simple-flag"],
                 "clientSecret": "test-secret",

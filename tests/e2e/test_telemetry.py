@@ -32,7 +32,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from conftest import DEFAULT_SECRETS, REQUEST_TIMEOUT, Bundle, Worker, assert_error, launch_worker, poll
+from conftest import DEFAULT_SECRETS, REQUEST_TIMEOUT, Bundle, Worker, assert_error, fresh_session, launch_worker, poll
 
 RESOLVE = "/v1/flags:resolve"
 WEB_SECRET = "demo-secret"
@@ -188,7 +188,7 @@ def run_load(worker: Worker, plan: Plan, connections: int) -> tuple[list[Sent], 
 
     def client() -> None:
         nonlocal next_index
-        with requests.Session() as s:
+        with fresh_session() as s:
             for _ in range(len(plan.items)):  # bounded: at most every item
                 with lock:
                     i = next_index
@@ -477,7 +477,7 @@ def load_through_sink(
         worker = launch_worker(tmp, vars={"FLAG_LOGS_ENDPOINT": sink.url, **(vars or {})}, edit_config=edit_config)
         sent, sent_seconds = run_load(worker, make_plan(web, stg, bad), connections)
         exp = expectations(sent)
-        with requests.Session() as http:
+        with fresh_session() as http:
             metrics, consistent, bodies, drained_seconds = wait_drained(http, worker, sink, exp)
         return LoadRun(
             exp=exp,
@@ -700,7 +700,7 @@ def test_aggregator_counts_a_checkpoint_once(built_worker: Bundle, tmp_path_fact
     worker = launch_worker(tmp_path_factory.mktemp("telemetry-dedup"), secrets=secrets)
     auth = {"Authorization": f"Bearer {INGEST_TOKEN}"}
     try:
-        with requests.Session() as http:
+        with fresh_session() as http:
 
             def apply(batch: dict) -> dict:
                 r = http.post(worker.url("/v1/metrics:apply"), json=batch, headers=auth, timeout=REQUEST_TIMEOUT)
@@ -727,7 +727,7 @@ def test_aggregator_counts_a_checkpoint_once(built_worker: Bundle, tmp_path_fact
             errors: list[str] = []
 
             def racer() -> None:
-                with requests.Session() as s:
+                with fresh_session() as s:
                     barrier.wait(timeout=REQUEST_TIMEOUT)
                     try:
                         r = s.post(
@@ -797,7 +797,7 @@ def test_failed_resolves_alone_reach_metrics(built_worker: Bundle, tmp_path_fact
     """Failed resolves are counted even when nothing succeeds after them."""
     worker = launch_worker(tmp_path_factory.mktemp("telemetry-failed-only"))
     try:
-        with requests.Session() as http:
+        with fresh_session() as http:
             for i in range(3):
                 r = http.post(
                     worker.url(RESOLVE),
