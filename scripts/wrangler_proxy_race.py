@@ -2,7 +2,7 @@
 """Shows the keep-alive race in wrangler dev's proxy that made e2e POSTs fail
 with a 503 "Your worker restarted mid-request" when nothing had restarted.
 
-    .venv/bin/python scripts/wrangler_proxy_race.py [--from 4.970] [--to 5.000] [--step 0.001]
+    .venv/bin/python scripts/wrangler_proxy_race.py [--from 4.970] [--to 5.000] [--step 0.001] [--routes a,b]
 
 Needs a built bundle (scripts/build-worker.sh). Starts one `wrangler dev`
 instance through the e2e harness, then for each idle gap in the range sends
@@ -48,9 +48,9 @@ BODY = {"clientSecret": "demo-secret", "evaluationContext": {"targeting_key": "r
 
 
 def sweep(url: str, gaps: list[float], keepalive: bool, out: list) -> None:
-    session = requests.Session()
-    if not keepalive:
-        session.headers["Connection"] = "close"
+    # workerd ignores a request's `Connection: close`: a fresh connection per
+    # request takes closing it on the client side.
+    session = requests.Session() if keepalive else conftest.fresh_session()
     session.post(url, json=BODY, timeout=10)  # the connection the next gap idles on
     for gap in gaps:
         time.sleep(gap)
@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--from", dest="lo", type=float, default=4.970)
     ap.add_argument("--to", dest="hi", type=float, default=5.000)
     ap.add_argument("--step", type=float, default=0.001)
+    ap.add_argument("--routes", default="proxy-fresh,proxy-keepalive,direct-keepalive,direct-fresh")
     args = ap.parse_args()
     n = int(round((args.hi - args.lo) / args.step)) + 1
     if not 1 <= n <= 200 or args.lo <= 0:
@@ -82,6 +83,7 @@ def main() -> int:
         "direct-keepalive": (worker.base_url, True),
         "direct-fresh": (worker.base_url, False),
     }
+    routes = {name: routes[name] for name in args.routes.split(",")}
     results: dict[str, list] = {name: [] for name in routes}
     try:
         threads = [
