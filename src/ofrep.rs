@@ -274,7 +274,7 @@ pub fn evaluate<'s>(snap: &'s Snapshot, f: &FlagResult<'s, '_>, path: &[String])
             _ => None,
         };
         let Some(next) = next else {
-            let at = path[..=depth].join(".");
+            let at = path.iter().take(depth.saturating_add(1)).map(String::as_str).collect::<Vec<_>>().join(".");
             return Evaluation::Failure(Failure::new(
                 ErrorCode::TypeMismatch,
                 format!("the value of {} has no field `{at}`", f.flag.name()),
@@ -495,7 +495,7 @@ pub fn etag(body: &[u8]) -> String {
     let digest = sha2::Sha256::digest(body);
     let mut s = String::with_capacity(34);
     s.push('"');
-    for b in &digest[..16] {
+    for b in digest.iter().take(16) {
         let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
     }
     s.push('"');
