@@ -42,7 +42,7 @@ impl From<ResolveError> for ApiError {
     fn from(e: ResolveError) -> Self {
         match e {
             ResolveError::UnknownClientSecret => ApiError::new(401, "UNAUTHENTICATED", e.to_string()),
-            ResolveError::TooManyFlags { .. } => ApiError::bad_request(e.to_string()),
+            ResolveError::TooManyFlags { .. } | ResolveError::ContextTooDeep => ApiError::bad_request(e.to_string()),
         }
     }
 }

@@ -128,6 +128,15 @@ pub fn parse_context(body: &[u8]) -> Result<Struct, Failure> {
         Some(Json::Object(m)) => m,
         Some(_) => return Err(Failure::new(ErrorCode::InvalidContext, "`context` must be a JSON object")),
     };
+    if json_too_deep(&ctx) {
+        return Err(Failure::new(
+            ErrorCode::InvalidContext,
+            format!(
+                "`context` nests deeper than {} levels of objects and lists",
+                crate::resolve::MAX_CONTEXT_DEPTH
+            ),
+        ));
+    }
     if let Some(key) = ctx.remove("targetingKey") {
         match key {
             Json::Null => {}
@@ -141,6 +150,26 @@ pub fn parse_context(body: &[u8]) -> Result<Struct, Failure> {
     Ok(Struct { fields })
 }
 
+/// Whether a context object nests deeper than the resolver accepts
+/// ([`crate::resolve::MAX_CONTEXT_DEPTH`], the object itself being level 1).
+/// Checked before the recursive [`to_value`], and iterative itself.
+fn json_too_deep(ctx: &serde_json::Map<String, Json>) -> bool {
+    let mut stack: Vec<(&Json, usize)> = ctx.values().map(|v| (v, 2)).collect();
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Json>> = match v {
+            Json::Object(m) => Box::new(m.values()),
+            Json::Array(a) => Box::new(a.iter()),
+            _ => continue,
+        };
+        if depth > crate::resolve::MAX_CONTEXT_DEPTH {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth.saturating_add(1))));
+    }
+    false
+}
+
+/// Recursion depth is bounded by [`json_too_deep`], checked first.
 fn to_value(v: Json) -> Value {
     let kind = match v {
         Json::Null => Kind::NullValue(0),

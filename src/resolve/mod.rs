@@ -4,6 +4,8 @@
 
 pub mod sticky;
 #[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::hash;
@@ -22,6 +24,28 @@ use sticky::{ReadPlan, Record, Sticky};
 pub const DEFAULT_SELECTOR: &str = "targeting_key";
 /// Longest targeting key accepted, in UTF-8 bytes.
 pub const MAX_TARGETING_KEY_BYTES: usize = 100;
+/// Deepest evaluation context accepted: the context object is level 1, each
+/// nested struct or list one more. Real contexts nest a few levels; the
+/// bound keeps every walk over a context (and its drop) off the stack's edge.
+pub const MAX_CONTEXT_DEPTH: usize = 32;
+
+/// Whether `ctx` nests deeper than [`MAX_CONTEXT_DEPTH`]. Iterative, so the
+/// check itself cannot overflow the stack whatever it is given.
+pub fn context_too_deep(ctx: &Struct) -> bool {
+    let mut stack: Vec<(&crate::proto::wkt::Value, usize)> = ctx.fields.values().map(|v| (v, 2)).collect();
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &crate::proto::wkt::Value>> = match v.kind.as_ref() {
+            Some(Kind::StructValue(s)) => Box::new(s.fields.values()),
+            Some(Kind::ListValue(l)) => Box::new(l.values.iter()),
+            _ => continue,
+        };
+        if depth > MAX_CONTEXT_DEPTH {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth.saturating_add(1))));
+    }
+    false
+}
 
 /// What a caller asks for. Borrowed from the parsed request.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +63,8 @@ pub enum ResolveError {
     TooManyFlags {
         count: usize,
     },
+    /// The evaluation context nests deeper than [`MAX_CONTEXT_DEPTH`].
+    ContextTooDeep,
 }
 
 impl std::fmt::Display for ResolveError {
@@ -48,6 +74,10 @@ impl std::fmt::Display for ResolveError {
             ResolveError::TooManyFlags { count } => write!(
                 f,
                 "at most {MAX_FLAGS_PER_RESOLVE} flags can be resolved in one request; this one would resolve {count}"
+            ),
+            ResolveError::ContextTooDeep => write!(
+                f,
+                "the evaluation context nests deeper than {MAX_CONTEXT_DEPTH} levels of objects and lists"
             ),
         }
     }
@@ -122,6 +152,9 @@ pub fn resolve<'s, 'r>(
     trace: Option<&mut Vec<String>>,
 ) -> Result<Resolution<'s, 'r>, ResolveError> {
     let credential = snap.credential(req.client_secret).ok_or(ResolveError::UnknownClientSecret)?;
+    if context_too_deep(req.context) {
+        return Err(ResolveError::ContextTooDeep);
+    }
     let selected = select_flags(snap, req.flags, &credential.client);
     if selected.len() > MAX_FLAGS_PER_RESOLVE {
         return Err(ResolveError::TooManyFlags { count: selected.len() });
