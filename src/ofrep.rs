@@ -131,10 +131,7 @@ pub fn parse_context(body: &[u8]) -> Result<Struct, Failure> {
     if json_too_deep(&ctx) {
         return Err(Failure::new(
             ErrorCode::InvalidContext,
-            format!(
-                "`context` nests deeper than {} levels of objects and lists",
-                crate::resolve::MAX_CONTEXT_DEPTH
-            ),
+            format!("`context` nests deeper than {} levels of objects and lists", crate::resolve::MAX_CONTEXT_DEPTH),
         ));
     }
     if let Some(key) = ctx.remove("targetingKey") {

@@ -11,13 +11,7 @@
 //! `bench-secret-0` .. `bench-secret-<clients-1>`. The state is loaded with
 //! `Snapshot::load` before it is written, so a file on disk always loads.
 // Benchmark tool, never shipped: a panic aborts generation.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::unreachable,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing)]
 
 #[path = "synth.rs"]
 mod synth;

@@ -17,13 +17,7 @@
 //! `BENCH_FILTER` or the first free argument (only rows whose state label
 //! contains it).
 // Benchmark tool, never shipped: a panic aborts the benchmark run.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::unreachable,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing)]
 
 #[path = "synth.rs"]
 mod synth;

@@ -79,3 +79,99 @@ fn a_request_nested_far_past_any_bound_is_a_clear_400_not_a_stack_overflow() {
     assert_eq!(err.status, 400);
     assert!(err.message.contains("recursion limit exceeded"), "{}", err.message);
 }
+
+/// The suite state with `n` segments chained by reference (`chain-0` ->
+/// ... -> `chain-{n-1}` -> `country-se`), and `flags/simple-flag`'s rule
+/// on `chain-0`.
+fn chained_state(n: usize) -> Json {
+    let mut state = suite_state();
+    for i in 0..n {
+        let next = if i + 1 == n { "segments/country-se".to_string() } else { format!("segments/chain-{}", i + 1) };
+        let name = format!("segments/chain-{i}");
+        state["segments"][&name] = json!({
+            "name": name, "state": "OK",
+            "targeting": {"criteria": {"c1": {"segment": {"segment": next}}}, "expression": {"ref": "c1"}},
+        });
+    }
+    state["flags"]["flags/simple-flag"]["rules"][0]["segment"] = json!("segments/chain-0");
+    state
+}
+
+fn reason_in_se(snap: &Snapshot) -> ResolveReason {
+    let ctx: Struct = serde_json::from_str(r#"{"targeting_key":"user1","country":"SE"}"#).expect("context");
+    let flags = vec!["flags/simple-flag".to_string()];
+    let req = Request { flags: &flags, context: &ctx, client_secret: "test-secret" };
+    let res = resolve(snap, &req, Sticky::Unsupported, None).expect("resolves");
+    res.flags.first().expect("one flag").reason
+}
+
+#[test]
+fn a_segment_chain_at_the_depth_bound_loads_and_matches() {
+    let snap = load(&chained_state(targeting::MAX_DEPTH)).expect("64 nested segments load");
+    assert_eq!(reason_in_se(&snap), ResolveReason::Match);
+}
+
+#[test]
+fn a_segment_chain_past_the_depth_bound_is_refused_at_load_by_name() {
+    let err = load(&chained_state(targeting::MAX_DEPTH + 1)).expect_err("65 nested segments");
+    assert!(
+        err.contains(
+            "segment segments/chain-0: targeting nests deeper than 64 levels, counting the segments it references"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("segments/chain-1:"), "only the chain's head is too deep: {err}");
+    // A chain far longer than the bound: refused, and the check's own walk
+    // stops at the bound instead of following every reference.
+    let err = load(&chained_state(5_000)).expect_err("5k nested segments");
+    assert!(err.contains("deeper than 64 levels"), "{err}");
+}
+
+#[test]
+fn an_expression_past_the_depth_bound_is_refused_at_load() {
+    let nots = |n: usize| {
+        let mut e = json!({"ref": "c1"});
+        for _ in 0..n {
+            e = json!({"not": e});
+        }
+        e
+    };
+    let mut state = suite_state();
+    let mut seg = state["segments"]["segments/country-se"].clone();
+    seg["name"] = json!("segments/deep-not");
+    state["flags"]["flags/simple-flag"]["rules"][0]["segment"] = json!("segments/deep-not");
+    // Two NOTs cancel, so an even count still matches SE.
+    seg["targeting"]["expression"] = nots(64);
+    state["segments"]["segments/deep-not"] = seg.clone();
+    let snap = load(&state).expect("64 levels load");
+    assert_eq!(reason_in_se(&snap), ResolveReason::Match);
+    seg["targeting"]["expression"] = nots(65);
+    state["segments"]["segments/deep-not"] = seg;
+    let err = load(&state).expect_err("65 levels");
+    assert!(err.contains("segment segments/deep-not: targeting nests deeper than 64"), "{err}");
+}
+
+#[test]
+fn evaluation_past_the_depth_bound_is_an_error_without_recursing_further() {
+    use crate::proto::types::{expression, Expression};
+    let mut e = Expression { expression: Some(expression::Expression::Ref("c1".into())) };
+    for _ in 0..10_000 {
+        e = Expression { expression: Some(expression::Expression::Not(Box::new(e))) };
+    }
+    let mut leaves = 0;
+    let r = targeting::eval_expression(
+        &e,
+        &std::collections::HashMap::new(),
+        &mut |_, _| {
+            leaves += 1;
+            Ok(targeting::Tri::True)
+        },
+        0,
+    );
+    assert_eq!(r, Err(targeting::EvalError::Unrecognized), "an error, so the NOT above cannot invert it");
+    assert_eq!(leaves, 0);
+    // Iterative: measuring it does not recurse either.
+    assert_eq!(targeting::nesting_depth(&e, &std::collections::HashMap::new(), &mut |_| 0), 10_000);
+    // Dropping 10k nested boxes recurses in Drop; keep it off this thread's stack.
+    std::mem::forget(e);
+}

@@ -2,9 +2,9 @@
 //! snapshot, a request and what is known about sticky assignments, it
 //! decides every flag; callers turn the result into responses and logs.
 
-pub mod sticky;
 #[cfg(test)]
 mod bounds_tests;
+pub mod sticky;
 #[cfg(test)]
 mod tests;
 
@@ -75,10 +75,9 @@ impl std::fmt::Display for ResolveError {
                 f,
                 "at most {MAX_FLAGS_PER_RESOLVE} flags can be resolved in one request; this one would resolve {count}"
             ),
-            ResolveError::ContextTooDeep => write!(
-                f,
-                "the evaluation context nests deeper than {MAX_CONTEXT_DEPTH} levels of objects and lists"
-            ),
+            ResolveError::ContextTooDeep => {
+                write!(f, "the evaluation context nests deeper than {MAX_CONTEXT_DEPTH} levels of objects and lists")
+            }
         }
     }
 }
@@ -169,6 +168,7 @@ pub fn resolve<'s, 'r>(
         trace,
         bitset_bucket: None,
         path: Vec::new(),
+        nesting: 0,
     };
     let mut flags = Vec::with_capacity(selected.len());
     for i in selected {
@@ -245,6 +245,8 @@ struct Engine<'s, 'r, 'm, 't> {
     bitset_bucket: Option<(String, u64)>,
     /// Segments being evaluated, innermost last: the cycle guard.
     path: Vec<&'s str>,
+    /// Targeting depth where the segment being matched starts.
+    nesting: usize,
 }
 
 /// How one rule ended, when it ends the flag.
@@ -555,7 +557,9 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         let Some(seg) = snap.segments.get(name) else {
             return Ok(Tri::False);
         };
-        if self.path.len() >= targeting::MAX_DEPTH || self.path.contains(&name) {
+        // A cycle is a non-match; depth is bounded by `nesting`, which grows
+        // by at least one per segment on the path.
+        if self.path.contains(&name) {
             return Ok(Tri::False);
         }
         let targeted = match seg.proto.targeting.as_ref() {
@@ -564,8 +568,16 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 None => Tri::True,
                 Some(expr) => {
                     self.path.push(name);
-                    let mut leaf = |c: &'s Criterion| self.criterion(c, unit);
-                    let r = targeting::eval_expression(expr, &t.criteria, &mut leaf, 0);
+                    let start = self.nesting;
+                    // A referenced segment's expression starts one below the
+                    // `Ref` that names it, so the bound counts the whole chain.
+                    let mut leaf = |c: &'s Criterion, depth: usize| {
+                        self.nesting = depth.saturating_add(1);
+                        let r = self.criterion(c, unit);
+                        self.nesting = start;
+                        r
+                    };
+                    let r = targeting::eval_expression(expr, &t.criteria, &mut leaf, start);
                     self.path.pop();
                     r?
                 }

@@ -9,6 +9,7 @@ use super::sorted_json::{SortedStruct, SortedStructSchema};
 use crate::proto::admin::{self, flag, resolver_state::packed_bitset};
 use crate::proto::types::{flag_schema, FlagSchema};
 use crate::proto::wkt::{value::Kind, Struct, Value};
+use crate::targeting;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -257,6 +258,7 @@ impl Snapshot {
             segments.insert(seg.name.clone(), SegmentEntry { proto: seg, bits: Bits::All });
         }
         stats.segments = segments.len();
+        problems.extend(too_deep_segments(&segments));
         for packed in state.bitsets {
             let name = packed.segment;
             let (bits, len_bits) = match packed.bitset {
@@ -534,6 +536,72 @@ fn compile_flag(
         return Err(problems);
     }
     Ok(FlagEntry { active: proto.state == flag::State::Active as i32, proto, variants, rules, schema_json })
+}
+
+/// Segments whose targeting nests deeper than [`targeting::MAX_DEPTH`],
+/// counting through the segments they reference, as load problems. A
+/// reference back onto the current chain is a cycle, which evaluates as a
+/// non-match and adds nothing. The walk over references is itself bounded:
+/// a chain of more than `MAX_DEPTH` references is too deep whatever its
+/// expressions are, so it stops there.
+fn too_deep_segments(segments: &HashMap<String, SegmentEntry>) -> Vec<String> {
+    struct Walk<'a> {
+        segments: &'a HashMap<String, SegmentEntry>,
+        memo: HashMap<&'a str, usize>,
+        chain: Vec<&'a str>,
+        /// Set when the walk stopped at the bound: the root is too deep, and
+        /// nothing measured since is exact, so nothing more is memoized.
+        overflow: bool,
+    }
+    impl<'a> Walk<'a> {
+        fn depth(&mut self, name: &'a str) -> usize {
+            if self.overflow {
+                return 0;
+            }
+            if let Some(&d) = self.memo.get(name) {
+                return d;
+            }
+            let segments = self.segments;
+            let Some(t) = segments.get(name).and_then(|s| s.proto.targeting.as_ref()) else {
+                return 0;
+            };
+            let Some(expr) = t.expression.as_ref() else { return 0 };
+            if self.chain.contains(&name) {
+                return 0;
+            }
+            if self.chain.len() > targeting::MAX_DEPTH {
+                self.overflow = true;
+                return 0;
+            }
+            self.chain.push(name);
+            let d =
+                targeting::nesting_depth(expr, &t.criteria, &mut |child: &str| match segments.get_key_value(child) {
+                    Some((key, _)) => self.depth(key.as_str()),
+                    None => 0,
+                });
+            self.chain.pop();
+            if !self.overflow {
+                self.memo.insert(name, d);
+            }
+            d
+        }
+    }
+    let mut walk = Walk { segments, memo: HashMap::new(), chain: Vec::new(), overflow: false };
+    let mut names: Vec<&str> = segments.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let d = walk.depth(name);
+            let too_deep = std::mem::take(&mut walk.overflow) || d > targeting::MAX_DEPTH;
+            too_deep.then(|| {
+                format!(
+                    "segment {name}: targeting nests deeper than {} levels, counting the segments it references",
+                    targeting::MAX_DEPTH
+                )
+            })
+        })
+        .collect()
 }
 
 /// Adds `null` for every schema field the value lacks, recursing into
