@@ -175,3 +175,31 @@ fn evaluation_past_the_depth_bound_is_an_error_without_recursing_further() {
     // Dropping 10k nested boxes recurses in Drop; keep it off this thread's stack.
     std::mem::forget(e);
 }
+
+#[test]
+fn a_variant_value_past_the_depth_bound_is_refused_at_load() {
+    let nested = |levels: usize| {
+        let mut v = json!({});
+        for _ in 1..levels {
+            v = json!({ "n": v });
+        }
+        v
+    };
+    let max = crate::state::snapshot::MAX_VALUE_DEPTH;
+    let mut state = suite_state();
+    state["flags"]["flags/simple-flag"]["variants"][0]["value"] = nested(max);
+    let snap = load(&state).expect("a value at the bound loads");
+    assert_eq!(reason_in_se(&snap), ResolveReason::Match);
+    state["flags"]["flags/simple-flag"]["variants"][0]["value"] = nested(max + 1);
+    let err = load(&state).expect_err("one level deeper");
+    assert!(err.contains("flags/simple-flag: variant on value nests deeper than 64 levels"), "{err}");
+}
+
+#[test]
+fn the_shared_depth_check_counts_structs_and_lists_from_one() {
+    let s: Struct = serde_json::from_str(r#"{"a":[{"b":[]}]}"#).expect("struct");
+    assert!(!crate::proto::struct_nests_deeper_than(&s, 4));
+    assert!(crate::proto::struct_nests_deeper_than(&s, 3));
+    assert!(!crate::proto::struct_nests_deeper_than(&Struct::default(), 1));
+    assert!(crate::proto::struct_nests_deeper_than(&Struct::default(), 0));
+}

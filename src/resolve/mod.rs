@@ -29,22 +29,10 @@ pub const MAX_TARGETING_KEY_BYTES: usize = 100;
 /// bound keeps every walk over a context (and its drop) off the stack's edge.
 pub const MAX_CONTEXT_DEPTH: usize = 32;
 
-/// Whether `ctx` nests deeper than [`MAX_CONTEXT_DEPTH`]. Iterative, so the
-/// check itself cannot overflow the stack whatever it is given.
+/// Whether `ctx` nests deeper than [`MAX_CONTEXT_DEPTH`] (checked
+/// iteratively, so safe on any input).
 pub fn context_too_deep(ctx: &Struct) -> bool {
-    let mut stack: Vec<(&crate::proto::wkt::Value, usize)> = ctx.fields.values().map(|v| (v, 2)).collect();
-    while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &crate::proto::wkt::Value>> = match v.kind.as_ref() {
-            Some(Kind::StructValue(s)) => Box::new(s.fields.values()),
-            Some(Kind::ListValue(l)) => Box::new(l.values.iter()),
-            _ => continue,
-        };
-        if depth > MAX_CONTEXT_DEPTH {
-            return true;
-        }
-        stack.extend(children.map(|c| (c, depth.saturating_add(1))));
-    }
-    false
+    crate::proto::struct_nests_deeper_than(ctx, MAX_CONTEXT_DEPTH)
 }
 
 /// What a caller asks for. Borrowed from the parsed request.

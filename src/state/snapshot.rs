@@ -452,6 +452,9 @@ fn compile_flag(
         return Err(vec!["a flag has no name".to_string()]);
     }
     let schema = proto.schema.as_ref();
+    if schema.is_some_and(schema_too_deep) {
+        return Err(vec![format!("{name}: schema nests deeper than {MAX_VALUE_DEPTH} levels")]);
+    }
     let mut variants = Vec::with_capacity(proto.variants.len());
     for v in &mut proto.variants {
         if variants.iter().any(|e: &VariantEntry| e.name == v.name) {
@@ -460,6 +463,11 @@ fn compile_flag(
         }
         // Filled in place: the proto's value becomes the value served.
         let value = v.value.get_or_insert_with(Struct::default);
+        // Bounded before the recursive null fill and JSON writers see it.
+        if crate::proto::struct_nests_deeper_than(value, MAX_VALUE_DEPTH) {
+            problems.push(format!("{name}: variant {} value nests deeper than {MAX_VALUE_DEPTH} levels", v.name));
+            continue;
+        }
         if let Some(s) = schema {
             null_fill(value, s, 0);
         }
@@ -604,10 +612,43 @@ fn too_deep_segments(segments: &HashMap<String, SegmentEntry>) -> Vec<String> {
         .collect()
 }
 
+/// Deepest variant value or flag schema a state may carry, in levels of
+/// structs and lists (the value itself is level 1). Decoding already caps
+/// nesting (prost at 100 messages, serde_json at 128); this is the
+/// resolver's own, stated bound for its recursive null fill and JSON writers.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// Whether a flag schema nests deeper than [`MAX_VALUE_DEPTH`]; iterative.
+fn schema_too_deep(schema: &flag_schema::StructFlagSchema) -> bool {
+    use flag_schema::SchemaType;
+    let mut stack: Vec<(&FlagSchema, usize)> = schema.schema.values().map(|f| (f, 2)).collect();
+    while let Some((f, depth)) = stack.pop() {
+        match f.schema_type.as_ref() {
+            Some(SchemaType::StructSchema(s)) => {
+                if depth > MAX_VALUE_DEPTH {
+                    return true;
+                }
+                stack.extend(s.schema.values().map(|c| (c, depth.saturating_add(1))));
+            }
+            Some(SchemaType::ListSchema(l)) => {
+                if depth > MAX_VALUE_DEPTH {
+                    return true;
+                }
+                if let Some(e) = l.element_schema.as_deref() {
+                    stack.push((e, depth.saturating_add(1)));
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Adds `null` for every schema field the value lacks, recursing into
 /// nested struct fields (not into lists).
 fn null_fill(value: &mut Struct, schema: &flag_schema::StructFlagSchema, depth: usize) {
-    if depth > 32 {
+    // Never reached on a loaded state: values and schemas are bounded first.
+    if depth > MAX_VALUE_DEPTH {
         return;
     }
     for (key, field) in &schema.schema {
@@ -666,6 +707,26 @@ mod tests {
         };
         assert_eq!(order(&snap.flags[0].variants[0].value_json), sorted);
         assert_eq!(order(snap.flags[0].schema_json.as_deref().unwrap()), sorted);
+    }
+
+    #[test]
+    fn a_schema_past_the_value_depth_bound_is_detected_without_recursing() {
+        use flag_schema::{SchemaType, StructFlagSchema};
+        // `levels` of struct schemas, the outermost being level 1.
+        let nested = |levels: usize| {
+            let mut s = StructFlagSchema::default();
+            for _ in 1..levels {
+                let field = FlagSchema { schema_type: Some(SchemaType::StructSchema(s)) };
+                s = StructFlagSchema { schema: [("n".to_string(), field)].into_iter().collect() };
+            }
+            s
+        };
+        assert!(!schema_too_deep(&nested(MAX_VALUE_DEPTH)));
+        assert!(schema_too_deep(&nested(MAX_VALUE_DEPTH + 1)));
+        let far = nested(10_000);
+        assert!(schema_too_deep(&far));
+        // Dropping 10k nested maps recurses in Drop; not what is under test.
+        std::mem::forget(far);
     }
 
     /// Three segments: a sparse and a dense bitset, one short of BUCKETS.
