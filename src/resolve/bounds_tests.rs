@@ -66,7 +66,7 @@ fn a_context_at_the_depth_bound_resolves_and_one_deeper_is_refused() {
         assert_eq!(err, ResolveError::ContextTooDeep);
         let api = crate::api::ApiError::from(err);
         assert_eq!((api.status, api.code), (400, "INVALID_ARGUMENT"));
-        assert!(api.message.contains("deeper than 32 levels"), "{}", api.message);
+        assert!(api.message.contains("deeper than 126 levels"), "{}", api.message);
     }
 }
 

@@ -25,9 +25,11 @@ pub const DEFAULT_SELECTOR: &str = "targeting_key";
 /// Longest targeting key accepted, in UTF-8 bytes.
 pub const MAX_TARGETING_KEY_BYTES: usize = 100;
 /// Deepest evaluation context accepted: the context object is level 1, each
-/// nested struct or list one more. Real contexts nest a few levels; the
-/// bound keeps every walk over a context (and its drop) off the stack's edge.
-pub const MAX_CONTEXT_DEPTH: usize = 32;
+/// nested struct or list one more. 126 is exactly what serde_json's default
+/// recursion limit (128) lets through inside a request body, so no body the
+/// parser accepts is refused (Confidence accepts the same); contexts built
+/// any other way meet the same bound before a recursive walk sees them.
+pub const MAX_CONTEXT_DEPTH: usize = 126;
 
 /// Whether `ctx` nests deeper than [`MAX_CONTEXT_DEPTH`] (checked
 /// iteratively, so safe on any input).
