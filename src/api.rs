@@ -42,7 +42,7 @@ impl From<ResolveError> for ApiError {
     fn from(e: ResolveError) -> Self {
         match e {
             ResolveError::UnknownClientSecret => ApiError::new(401, "UNAUTHENTICATED", e.to_string()),
-            ResolveError::TooManyFlags { .. } => ApiError::bad_request(e.to_string()),
+            ResolveError::TooManyFlags { .. } | ResolveError::ContextTooDeep => ApiError::bad_request(e.to_string()),
         }
     }
 }
@@ -202,7 +202,7 @@ pub fn resolve_id_from(random: &[u8; 32]) -> String {
     const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     // 248 = 4 * 62: rejection-free mapping would bias; the modulo bias of
     // 256 % 62 is irrelevant for an identifier that only needs uniqueness.
-    random.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect()
+    random.iter().filter_map(|b| ALPHABET.get(usize::from(*b) % ALPHABET.len())).map(|&c| char::from(c)).collect()
 }
 
 #[cfg(test)]

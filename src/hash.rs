@@ -22,13 +22,10 @@ pub fn bucket_of(h1: u64, count: u64) -> u64 {
 
 /// Bucket of the key `prefix|unit` without allocating for typical sizes.
 pub fn bucket(prefix: &str, unit: &str, count: u64) -> u64 {
-    let len = prefix.len() + 1 + unit.len();
+    let len = prefix.len().saturating_add(1).saturating_add(unit.len());
     let mut stack = [0u8; 256];
-    let h = if len <= stack.len() {
-        stack[..prefix.len()].copy_from_slice(prefix.as_bytes());
-        stack[prefix.len()] = b'|';
-        stack[prefix.len() + 1..len].copy_from_slice(unit.as_bytes());
-        murmur_h1(&stack[..len])
+    let h = if let Some(key) = join_into(&mut stack, prefix, unit) {
+        murmur_h1(key)
     } else {
         let mut v = Vec::with_capacity(len);
         v.extend_from_slice(prefix.as_bytes());
@@ -37,6 +34,18 @@ pub fn bucket(prefix: &str, unit: &str, count: u64) -> u64 {
         murmur_h1(&v)
     };
     bucket_of(h, count)
+}
+
+/// `prefix|unit` written into `buf`, or `None` when it does not fit.
+fn join_into<'a>(buf: &'a mut [u8], prefix: &str, unit: &str) -> Option<&'a [u8]> {
+    let len = prefix.len().checked_add(1)?.checked_add(unit.len())?;
+    let key = buf.get_mut(..len)?;
+    let (head, rest) = key.split_at_mut(prefix.len());
+    head.copy_from_slice(prefix.as_bytes());
+    let (bar, tail) = rest.split_first_mut()?;
+    *bar = b'|';
+    tail.copy_from_slice(unit.as_bytes());
+    Some(key)
 }
 
 #[cfg(test)]

@@ -128,6 +128,12 @@ pub fn parse_context(body: &[u8]) -> Result<Struct, Failure> {
         Some(Json::Object(m)) => m,
         Some(_) => return Err(Failure::new(ErrorCode::InvalidContext, "`context` must be a JSON object")),
     };
+    if json_too_deep(&ctx) {
+        return Err(Failure::new(
+            ErrorCode::InvalidContext,
+            format!("`context` nests deeper than {} levels of objects and lists", crate::resolve::MAX_CONTEXT_DEPTH),
+        ));
+    }
     if let Some(key) = ctx.remove("targetingKey") {
         match key {
             Json::Null => {}
@@ -141,6 +147,26 @@ pub fn parse_context(body: &[u8]) -> Result<Struct, Failure> {
     Ok(Struct { fields })
 }
 
+/// Whether a context object nests deeper than the resolver accepts
+/// ([`crate::resolve::MAX_CONTEXT_DEPTH`], the object itself being level 1).
+/// Checked before the recursive [`to_value`], and iterative itself.
+fn json_too_deep(ctx: &serde_json::Map<String, Json>) -> bool {
+    let mut stack: Vec<(&Json, usize)> = ctx.values().map(|v| (v, 2)).collect();
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Json>> = match v {
+            Json::Object(m) => Box::new(m.values()),
+            Json::Array(a) => Box::new(a.iter()),
+            _ => continue,
+        };
+        if depth > crate::resolve::MAX_CONTEXT_DEPTH {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth.saturating_add(1))));
+    }
+    false
+}
+
+/// Recursion depth is bounded by [`json_too_deep`], checked first.
 fn to_value(v: Json) -> Value {
     let kind = match v {
         Json::Null => Kind::NullValue(0),
@@ -274,7 +300,7 @@ pub fn evaluate<'s>(snap: &'s Snapshot, f: &FlagResult<'s, '_>, path: &[String])
             _ => None,
         };
         let Some(next) = next else {
-            let at = path[..=depth].join(".");
+            let at = path.iter().take(depth.saturating_add(1)).map(String::as_str).collect::<Vec<_>>().join(".");
             return Evaluation::Failure(Failure::new(
                 ErrorCode::TypeMismatch,
                 format!("the value of {} has no field `{at}`", f.flag.name()),
@@ -495,7 +521,7 @@ pub fn etag(body: &[u8]) -> String {
     let digest = sha2::Sha256::digest(body);
     let mut s = String::with_capacity(34);
     s.push('"');
-    for b in &digest[..16] {
+    for b in digest.iter().take(16) {
         let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
     }
     s.push('"');

@@ -55,3 +55,26 @@ pub use confidence::flags::resolver::v1::events;
 pub use confidence::flags::types::v1 as types;
 pub use confidence::iam::v1 as iam;
 pub use pbjson_types as wkt;
+
+/// Whether `s` nests deeper than `limit` levels of structs and lists, `s`
+/// itself being level 1. Iterative, so it is safe on any input; callers
+/// check it before recursing over a value that came from outside.
+pub fn struct_nests_deeper_than(s: &wkt::Struct, limit: usize) -> bool {
+    use wkt::value::Kind;
+    if limit == 0 {
+        return true;
+    }
+    let mut stack: Vec<(&wkt::Value, usize)> = s.fields.values().map(|v| (v, 2)).collect();
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &wkt::Value>> = match v.kind.as_ref() {
+            Some(Kind::StructValue(s)) => Box::new(s.fields.values()),
+            Some(Kind::ListValue(l)) => Box::new(l.values.iter()),
+            _ => continue,
+        };
+        if depth > limit {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth.saturating_add(1))));
+    }
+    false
+}

@@ -129,7 +129,9 @@ fn hex(bytes: &[u8]) -> String {
 fn key_id(key: &[u8]) -> [u8; KEY_ID_LEN] {
     let digest = Sha256::new().chain_update(KEY_ID_PREFIX).chain_update(key).finalize();
     let mut id = [0u8; KEY_ID_LEN];
-    id.copy_from_slice(&digest[..KEY_ID_LEN]);
+    for (out, b) in id.iter_mut().zip(digest.iter()) {
+        *out = *b;
+    }
     id
 }
 

@@ -1,6 +1,8 @@
 //! The `edgeflag` command line, end to end: the real binary for exit codes
 //! and streams, and `edgeflag::cli::run` in-process where a terminal must be
 //! faked or many cases must run quickly.
+// Test code: a panic is a test failure, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing)]
 
 use edgeflag::proto::admin::flag::rule::assignment::Assignment;
 use edgeflag::proto::admin::resolver_state::packed_bitset;

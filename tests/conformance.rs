@@ -5,6 +5,8 @@
 //! Worker embeds it (a protobuf envelope, segment bitsets inflated on first
 //! use, by whichever test thread gets there first), and through the
 //! `edgeflag resolve` CLI.
+// Test code: a panic is a test failure, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing)]
 
 use edgeflag::api;
 use edgeflag::resolve::{self, sticky::Sticky, sticky::StickySet};

@@ -1,5 +1,7 @@
 //! The embedded demo state: it loads cleanly and its flags behave as the
 //! README describes.
+// Test code: a panic is a test failure, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing)]
 
 use edgeflag::api;
 use edgeflag::resolve::{self, sticky::Sticky, sticky::StickySet};

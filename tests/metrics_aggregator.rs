@@ -3,6 +3,8 @@
 //! batches, duplicated, redelivered after failed deliveries, in batches
 //! whose storage transaction fails and rolls back, across restarts that
 //! reload the stored snapshot. The totals must come out exact.
+// Test code: a panic is a test failure, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing)]
 
 use edgeflag::proto::edgeflag::v1 as ef;
 use edgeflag::proto::resolver::ResolveReason;

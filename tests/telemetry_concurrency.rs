@@ -4,6 +4,8 @@
 //! end, the sum over all delivered checkpoints must equal exactly what
 //! was recorded: per flag/variant/rule/assignment, per reason, latency,
 //! and every exposure event in exactly one checkpoint.
+// Test code: a panic is a test failure, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::indexing_slicing)]
 
 use arc_swap::ArcSwap;
 use edgeflag::proto::events::{flag_assigned::AppliedFlag, ClientInfo, FlagAssigned};

@@ -38,6 +38,37 @@ fn context_parsing() {
     assert_eq!(parse_context(br#"{"context": {"targetingKey": 3}}"#).unwrap_err().code, ErrorCode::InvalidContext);
 }
 
+/// `{"context": {...}}` whose context is exactly `depth` levels deep.
+fn nested_body(depth: usize, open: &str, close: &str, empty: &str) -> String {
+    let inner = depth.saturating_sub(2);
+    format!(r#"{{"context":{{"targetingKey":"u1","n":{}{empty}{}}}}}"#, open.repeat(inner), close.repeat(inner))
+}
+
+#[test]
+fn contexts_are_depth_bounded_with_a_clear_error() {
+    let max = resolve::MAX_CONTEXT_DEPTH;
+    for (open, close, empty) in [(r#"{"n":"#, "}", "{}"), ("[", "]", "[]")] {
+        let at_bound = nested_body(max, open, close, empty);
+        assert!(parse_context(at_bound.as_bytes()).is_ok(), "{open}");
+        // One deeper is past the parser's limit too: still a clear 400.
+        let err = parse_context(nested_body(max + 1, open, close, empty).as_bytes()).unwrap_err();
+        assert_eq!((err.status, err.code), (400, ErrorCode::ParseError), "{open}");
+        assert!(err.details.contains("recursion limit exceeded"), "{}", err.details);
+        // The bound itself, as it guards the recursive conversion whatever
+        // the parser's limit is.
+        let Ok(Json::Object(mut top)) = serde_json::from_str::<Json>(&at_bound) else { panic!("object") };
+        let Some(Json::Object(mut ctx)) = top.remove("context") else { panic!("context") };
+        assert!(!json_too_deep(&ctx));
+        let inner = ctx.remove("n").expect("n");
+        ctx.insert("n".into(), if open == "[" { json!([inner]) } else { json!({ "n": inner }) });
+        assert!(json_too_deep(&ctx), "{open}: one level deeper");
+    }
+    // Far past serde_json's own limit: a parse error, not a stack overflow.
+    let err = parse_context(nested_body(100_000, "[", "]", "[]").as_bytes()).unwrap_err();
+    assert_eq!(err.code, ErrorCode::ParseError);
+    assert!(err.details.contains("recursion limit exceeded"), "{}", err.details);
+}
+
 #[test]
 fn secrets_from_either_header() {
     assert_eq!(client_secret(Some("Bearer abc"), None), Some("abc"));

@@ -2,6 +2,8 @@
 //! snapshot, a request and what is known about sticky assignments, it
 //! decides every flag; callers turn the result into responses and logs.
 
+#[cfg(test)]
+mod bounds_tests;
 pub mod sticky;
 #[cfg(test)]
 mod tests;
@@ -22,6 +24,18 @@ use sticky::{ReadPlan, Record, Sticky};
 pub const DEFAULT_SELECTOR: &str = "targeting_key";
 /// Longest targeting key accepted, in UTF-8 bytes.
 pub const MAX_TARGETING_KEY_BYTES: usize = 100;
+/// Deepest evaluation context accepted: the context object is level 1, each
+/// nested struct or list one more. 126 is exactly what serde_json's default
+/// recursion limit (128) lets through inside a request body, so no body the
+/// parser accepts is refused (Confidence accepts the same); contexts built
+/// any other way meet the same bound before a recursive walk sees them.
+pub const MAX_CONTEXT_DEPTH: usize = 126;
+
+/// Whether `ctx` nests deeper than [`MAX_CONTEXT_DEPTH`] (checked
+/// iteratively, so safe on any input).
+pub fn context_too_deep(ctx: &Struct) -> bool {
+    crate::proto::struct_nests_deeper_than(ctx, MAX_CONTEXT_DEPTH)
+}
 
 /// What a caller asks for. Borrowed from the parsed request.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +53,8 @@ pub enum ResolveError {
     TooManyFlags {
         count: usize,
     },
+    /// The evaluation context nests deeper than [`MAX_CONTEXT_DEPTH`].
+    ContextTooDeep,
 }
 
 impl std::fmt::Display for ResolveError {
@@ -49,6 +65,9 @@ impl std::fmt::Display for ResolveError {
                 f,
                 "at most {MAX_FLAGS_PER_RESOLVE} flags can be resolved in one request; this one would resolve {count}"
             ),
+            ResolveError::ContextTooDeep => {
+                write!(f, "the evaluation context nests deeper than {MAX_CONTEXT_DEPTH} levels of objects and lists")
+            }
         }
     }
 }
@@ -122,6 +141,9 @@ pub fn resolve<'s, 'r>(
     trace: Option<&mut Vec<String>>,
 ) -> Result<Resolution<'s, 'r>, ResolveError> {
     let credential = snap.credential(req.client_secret).ok_or(ResolveError::UnknownClientSecret)?;
+    if context_too_deep(req.context) {
+        return Err(ResolveError::ContextTooDeep);
+    }
     let selected = select_flags(snap, req.flags, &credential.client);
     if selected.len() > MAX_FLAGS_PER_RESOLVE {
         return Err(ResolveError::TooManyFlags { count: selected.len() });
@@ -136,6 +158,7 @@ pub fn resolve<'s, 'r>(
         trace,
         bitset_bucket: None,
         path: Vec::new(),
+        nesting: 0,
     };
     let mut flags = Vec::with_capacity(selected.len());
     for i in selected {
@@ -212,6 +235,8 @@ struct Engine<'s, 'r, 'm, 't> {
     bitset_bucket: Option<(String, u64)>,
     /// Segments being evaluated, innermost last: the cycle guard.
     path: Vec<&'s str>,
+    /// Targeting depth where the segment being matched starts.
+    nesting: usize,
 }
 
 /// How one rule ended, when it ends the flag.
@@ -530,7 +555,9 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
         let Some(seg) = snap.segments.get(name) else {
             return Ok(Tri::False);
         };
-        if self.path.len() >= targeting::MAX_DEPTH || self.path.contains(&name) {
+        // A cycle is a non-match; depth is bounded by `nesting`, which grows
+        // by at least one per segment on the path.
+        if self.path.contains(&name) {
             return Ok(Tri::False);
         }
         let targeted = match seg.proto.targeting.as_ref() {
@@ -539,8 +566,16 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 None => Tri::True,
                 Some(expr) => {
                     self.path.push(name);
-                    let mut leaf = |c: &'s Criterion| self.criterion(c, unit);
-                    let r = targeting::eval_expression(expr, &t.criteria, &mut leaf, 0);
+                    let start = self.nesting;
+                    // A referenced segment's expression starts one below the
+                    // `Ref` that names it, so the bound counts the whole chain.
+                    let mut leaf = |c: &'s Criterion, depth: usize| {
+                        self.nesting = depth.saturating_add(1);
+                        let r = self.criterion(c, unit);
+                        self.nesting = start;
+                        r
+                    };
+                    let r = targeting::eval_expression(expr, &t.criteria, &mut leaf, start);
                     self.path.pop();
                     r?
                 }

@@ -9,6 +9,7 @@ use super::sorted_json::{SortedStruct, SortedStructSchema};
 use crate::proto::admin::{self, flag, resolver_state::packed_bitset};
 use crate::proto::types::{flag_schema, FlagSchema};
 use crate::proto::wkt::{value::Kind, Struct, Value};
+use crate::targeting;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -257,6 +258,7 @@ impl Snapshot {
             segments.insert(seg.name.clone(), SegmentEntry { proto: seg, bits: Bits::All });
         }
         stats.segments = segments.len();
+        problems.extend(too_deep_segments(&segments));
         for packed in state.bitsets {
             let name = packed.segment;
             let (bits, len_bits) = match packed.bitset {
@@ -450,6 +452,9 @@ fn compile_flag(
         return Err(vec!["a flag has no name".to_string()]);
     }
     let schema = proto.schema.as_ref();
+    if schema.is_some_and(schema_too_deep) {
+        return Err(vec![format!("{name}: schema nests deeper than {MAX_VALUE_DEPTH} levels")]);
+    }
     let mut variants = Vec::with_capacity(proto.variants.len());
     for v in &mut proto.variants {
         if variants.iter().any(|e: &VariantEntry| e.name == v.name) {
@@ -458,6 +463,11 @@ fn compile_flag(
         }
         // Filled in place: the proto's value becomes the value served.
         let value = v.value.get_or_insert_with(Struct::default);
+        // Bounded before the recursive null fill and JSON writers see it.
+        if crate::proto::struct_nests_deeper_than(value, MAX_VALUE_DEPTH) {
+            problems.push(format!("{name}: variant {} value nests deeper than {MAX_VALUE_DEPTH} levels", v.name));
+            continue;
+        }
         if let Some(s) = schema {
             null_fill(value, s, 0);
         }
@@ -536,10 +546,109 @@ fn compile_flag(
     Ok(FlagEntry { active: proto.state == flag::State::Active as i32, proto, variants, rules, schema_json })
 }
 
+/// Segments whose targeting nests deeper than [`targeting::MAX_DEPTH`],
+/// counting through the segments they reference, as load problems. A
+/// reference back onto the current chain is a cycle, which evaluates as a
+/// non-match and adds nothing. The walk over references is itself bounded:
+/// a chain of more than `MAX_DEPTH` references is too deep whatever its
+/// expressions are, so it stops there.
+fn too_deep_segments(segments: &HashMap<String, SegmentEntry>) -> Vec<String> {
+    struct Walk<'a> {
+        segments: &'a HashMap<String, SegmentEntry>,
+        memo: HashMap<&'a str, usize>,
+        chain: Vec<&'a str>,
+        /// Set when the walk stopped at the bound: the root is too deep, and
+        /// nothing measured since is exact, so nothing more is memoized.
+        overflow: bool,
+    }
+    impl<'a> Walk<'a> {
+        fn depth(&mut self, name: &'a str) -> usize {
+            if self.overflow {
+                return 0;
+            }
+            if let Some(&d) = self.memo.get(name) {
+                return d;
+            }
+            let segments = self.segments;
+            let Some(t) = segments.get(name).and_then(|s| s.proto.targeting.as_ref()) else {
+                return 0;
+            };
+            let Some(expr) = t.expression.as_ref() else { return 0 };
+            if self.chain.contains(&name) {
+                return 0;
+            }
+            if self.chain.len() > targeting::MAX_DEPTH {
+                self.overflow = true;
+                return 0;
+            }
+            self.chain.push(name);
+            let d =
+                targeting::nesting_depth(expr, &t.criteria, &mut |child: &str| match segments.get_key_value(child) {
+                    Some((key, _)) => self.depth(key.as_str()),
+                    None => 0,
+                });
+            self.chain.pop();
+            if !self.overflow {
+                self.memo.insert(name, d);
+            }
+            d
+        }
+    }
+    let mut walk = Walk { segments, memo: HashMap::new(), chain: Vec::new(), overflow: false };
+    let mut names: Vec<&str> = segments.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let d = walk.depth(name);
+            let too_deep = std::mem::take(&mut walk.overflow) || d > targeting::MAX_DEPTH;
+            too_deep.then(|| {
+                format!(
+                    "segment {name}: targeting nests deeper than {} levels, counting the segments it references",
+                    targeting::MAX_DEPTH
+                )
+            })
+        })
+        .collect()
+}
+
+/// Deepest variant value or flag schema a state may carry, in levels of
+/// structs and lists (the value itself is level 1). Decoding already caps
+/// nesting (prost at 100 messages, serde_json at 128); this is the
+/// resolver's own, stated bound for its recursive null fill and JSON writers.
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// Whether a flag schema nests deeper than [`MAX_VALUE_DEPTH`]; iterative.
+fn schema_too_deep(schema: &flag_schema::StructFlagSchema) -> bool {
+    use flag_schema::SchemaType;
+    let mut stack: Vec<(&FlagSchema, usize)> = schema.schema.values().map(|f| (f, 2)).collect();
+    while let Some((f, depth)) = stack.pop() {
+        match f.schema_type.as_ref() {
+            Some(SchemaType::StructSchema(s)) => {
+                if depth > MAX_VALUE_DEPTH {
+                    return true;
+                }
+                stack.extend(s.schema.values().map(|c| (c, depth.saturating_add(1))));
+            }
+            Some(SchemaType::ListSchema(l)) => {
+                if depth > MAX_VALUE_DEPTH {
+                    return true;
+                }
+                if let Some(e) = l.element_schema.as_deref() {
+                    stack.push((e, depth.saturating_add(1)));
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Adds `null` for every schema field the value lacks, recursing into
 /// nested struct fields (not into lists).
 fn null_fill(value: &mut Struct, schema: &flag_schema::StructFlagSchema, depth: usize) {
-    if depth > 32 {
+    // Never reached on a loaded state: values and schemas are bounded first.
+    if depth > MAX_VALUE_DEPTH {
         return;
     }
     for (key, field) in &schema.schema {
@@ -598,6 +707,26 @@ mod tests {
         };
         assert_eq!(order(&snap.flags[0].variants[0].value_json), sorted);
         assert_eq!(order(snap.flags[0].schema_json.as_deref().unwrap()), sorted);
+    }
+
+    #[test]
+    fn a_schema_past_the_value_depth_bound_is_detected_without_recursing() {
+        use flag_schema::{SchemaType, StructFlagSchema};
+        // `levels` of struct schemas, the outermost being level 1.
+        let nested = |levels: usize| {
+            let mut s = StructFlagSchema::default();
+            for _ in 1..levels {
+                let field = FlagSchema { schema_type: Some(SchemaType::StructSchema(s)) };
+                s = StructFlagSchema { schema: [("n".to_string(), field)].into_iter().collect() };
+            }
+            s
+        };
+        assert!(!schema_too_deep(&nested(MAX_VALUE_DEPTH)));
+        assert!(schema_too_deep(&nested(MAX_VALUE_DEPTH + 1)));
+        let far = nested(10_000);
+        assert!(schema_too_deep(&far));
+        // Dropping 10k nested maps recurses in Drop; not what is under test.
+        std::mem::forget(far);
     }
 
     /// Three segments: a sparse and a dense bitset, one short of BUCKETS.

@@ -49,7 +49,7 @@ impl Tri {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvalError {
     /// A rule shape this resolver does not understand (unset oneofs, an
-    /// `eq` without a value).
+    /// `eq` without a value, nesting past [`MAX_DEPTH`]).
     Unrecognized,
     /// A sticky-assignment lookup while the caller has no store.
     MaterializationUnsupported,
@@ -57,12 +57,17 @@ pub enum EvalError {
     StickyUnavailable,
 }
 
-/// Nesting deeper than this is treated as a non-match rather than risking
-/// the stack on adversarial states.
+/// Deepest targeting nesting: expression levels, counted on through the
+/// segments a criterion references. A state nesting deeper is refused at
+/// load ([`nesting_depth`]); at evaluation, deeper (only reachable through a
+/// reference cycle the load check cannot measure) fails the rule as
+/// unrecognized rather than risking the stack.
 pub const MAX_DEPTH: usize = 64;
 
-/// Evaluates `expr` over `criteria`, asking `criterion` for each leaf.
-/// AND and OR short-circuit left to right; errors surface in operand order.
+/// Evaluates `expr` over `criteria`, asking `criterion` for each leaf with
+/// the depth it sits at (a referenced segment's expression starts one
+/// deeper). AND and OR short-circuit left to right; errors surface in
+/// operand order.
 pub fn eval_expression<'a, F>(
     expr: &'a Expression,
     criteria: &'a HashMap<String, Criterion>,
@@ -70,17 +75,18 @@ pub fn eval_expression<'a, F>(
     depth: usize,
 ) -> Result<Tri, EvalError>
 where
-    F: FnMut(&'a Criterion) -> Result<Tri, EvalError>,
+    F: FnMut(&'a Criterion, usize) -> Result<Tri, EvalError>,
 {
     if depth > MAX_DEPTH {
-        return Ok(Tri::False);
+        // An error, not a non-match: under a NOT a non-match would match.
+        return Err(EvalError::Unrecognized);
     }
     let Some(kind) = &expr.expression else {
         return Ok(Tri::False);
     };
     Ok(match kind {
         expression::Expression::Ref(name) => match criteria.get(name) {
-            Some(c) => criterion(c)?,
+            Some(c) => criterion(c, depth)?,
             None => Tri::False,
         },
         expression::Expression::Not(inner) => eval_expression(inner, criteria, criterion, depth + 1)?.not(),
@@ -107,4 +113,36 @@ where
             acc
         }
     })
+}
+
+/// How deep evaluating `expr` can nest, as [`eval_expression`] counts it:
+/// the deepest `Ref`, plus one and the referenced segment's own depth for a
+/// segment criterion (`segment_depth`). Iterative over the expression.
+pub fn nesting_depth(
+    expr: &Expression,
+    criteria: &HashMap<String, Criterion>,
+    segment_depth: &mut impl FnMut(&str) -> usize,
+) -> usize {
+    let mut deepest = 0usize;
+    let mut stack = vec![(expr, 0usize)];
+    while let Some((e, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match &e.expression {
+            None => {}
+            Some(expression::Expression::Ref(name)) => {
+                let below = match criteria.get(name).and_then(|c| c.criterion.as_ref()) {
+                    Some(crate::proto::types::targeting::criterion::Criterion::Segment(s)) => {
+                        segment_depth(&s.segment).saturating_add(1)
+                    }
+                    _ => 0,
+                };
+                deepest = deepest.max(depth.saturating_add(below));
+            }
+            Some(expression::Expression::Not(inner)) => stack.push((inner, depth.saturating_add(1))),
+            Some(expression::Expression::And(ops) | expression::Expression::Or(ops)) => {
+                stack.extend(ops.operands.iter().map(|op| (op, depth.saturating_add(1))));
+            }
+        }
+    }
+    deepest
 }

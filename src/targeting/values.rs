@@ -20,15 +20,16 @@ pub fn parse_version(s: &str) -> Option<VersionTuple> {
         if n == 4 || part.is_empty() || part.len() > 10 || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        parts[n] = part.parse().ok()?;
-        lens[n] = part.len();
+        *parts.get_mut(n)? = part.parse().ok()?;
+        *lens.get_mut(n)? = part.len();
         n += 1;
     }
+    let [a, b, c, d] = parts;
     match n {
-        2 => Some((parts[0], parts[1], 0, 0)),
-        3 if lens[2] > 3 => Some((parts[0], parts[1], 0, parts[2])),
-        3 => Some((parts[0], parts[1], parts[2], 0)),
-        4 => Some((parts[0], parts[1], parts[2], parts[3])),
+        2 => Some((a, b, 0, 0)),
+        3 if lens[2] > 3 => Some((a, b, 0, c)),
+        3 => Some((a, b, c, 0)),
+        4 => Some((a, b, c, d)),
         _ => None,
     }
 }

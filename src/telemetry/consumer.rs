@@ -84,7 +84,9 @@ impl<T: Default> Keyed<T> {
                 self.items.len() - 1
             }
         };
-        // `i` came from the index, which only holds valid positions.
+        // `i` came from the index, which only ever holds positions pushed
+        // above (items are never removed), so it is always in range.
+        #[allow(clippy::indexing_slicing)]
         &mut self.items[i].1
     }
 }

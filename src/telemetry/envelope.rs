@@ -35,8 +35,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        // A nibble is < 16 = DIGITS.len(), so `get` always finds it.
+        for nibble in [b >> 4, b & 0xf] {
+            if let Some(&d) = DIGITS.get(usize::from(nibble)) {
+                s.push(char::from(d));
+            }
+        }
     }
     s
 }

@@ -231,8 +231,10 @@ pub async fn read_body(req: &Request, limit: usize) -> Result<Vec<u8>, ApiError>
             return Err(payload_too_large(None));
         }
         let start = body.len();
-        body.resize(start + n, 0);
-        chunk.copy_to(&mut body[start..]);
+        body.resize(start.saturating_add(n), 0);
+        // `copy_to` needs a destination of exactly the chunk's length.
+        let tail = body.get_mut(start..).ok_or_else(|| internal("request body buffer too short"))?;
+        chunk.copy_to(tail);
     }
 }
 

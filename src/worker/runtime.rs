@@ -29,8 +29,15 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), ApiError> {
             fill_from_crypto(&mut fresh)?;
             *pool = fresh;
         }
-        let at = pool.len() - buf.len();
-        buf.copy_from_slice(&pool[at..]);
+        // The refill above leaves at least `buf.len()` bytes; should it not,
+        // draw directly rather than hand out short or repeated bytes.
+        let Some(at) = pool.len().checked_sub(buf.len()) else {
+            return fill_from_crypto(buf);
+        };
+        let Some(tail) = pool.get(at..) else {
+            return fill_from_crypto(buf);
+        };
+        buf.copy_from_slice(tail);
         // Each byte is handed out once.
         pool.truncate(at);
         Ok(())

@@ -810,6 +810,9 @@ HOSTILE_RESOLVE: dict[str, Any] = {
     "number": b"42",
     "bom": b'\xef\xbb\xbf{"clientSecret": "demo-secret"}',
     "nested-100": _nested(100),
+    # The context object plus 125 lists is 126 levels, the bound (MAX_CONTEXT_DEPTH); one more is refused.
+    "nested-at-bound": _nested(125),
+    "nested-past-bound": _nested(126),
     "nested-5000": _nested(5000),
     "unclosed-100k": b'{"evaluationContext": ' + b"[" * 100_000,
     "nested-objects-2000": b'{"evaluationContext": ' + b'{"a":' * 2000 + b"1" + b"}" * 2000 + b"}",
@@ -934,6 +937,7 @@ def test_hostile_inputs_never_break_the_worker(http: requests.Session, start_wor
     # Spot checks that the answers are the right ones, not just well formed.
     expect_400 = [
         "resolve/empty", "resolve/null", "resolve/array", "resolve/nested-5000", "resolve/unclosed-100k",
+        "resolve/nested-past-bound",
         "resolve/huge-number", "resolve/nan-literal", "resolve/secret-number", "resolve/flags-string",
         "resolve/apply-string", "resolve/context-list", "resolve/invalid-utf8", "resolve/lone-surrogate",
         "resolve/binary", "apply/token-not-base64", "apply/token-one-byte", "apply/token-unknown-version",
@@ -941,7 +945,7 @@ def test_hostile_inputs_never_break_the_worker(http: requests.Session, start_wor
     ]  # fmt: skip
     assert {k: statuses[k] for k in expect_400 if statuses[k] != 400} == {}
     expect_200 = [
-        "resolve/nested-100", "resolve/nan-strings", "resolve/odd-versions", "resolve/1000-same-flag",
+        "resolve/nested-100", "resolve/nested-at-bound", "resolve/nan-strings", "resolve/odd-versions", "resolve/1000-same-flag",
         "resolve/1000-unknown-flags", "resolve/1001-unknown-flags", "resolve/1000-known-flags",
         "resolve/5000-context-keys", "resolve/key-101-bytes", "resolve/key-200k-bytes", "apply/1000-same-flag",
     ]  # fmt: skip
