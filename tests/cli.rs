@@ -553,12 +553,16 @@ fn explain_sticky_read_and_write() {
     assert!(row(&out, "sticky").starts_with("from --materializations"), "{out}");
     assert!(out.contains(r#"sticky: materializations/mat1 recorded variant "treatment""#), "{out}");
     assert_eq!(row(&out, "variant"), "treatment");
-    assert!(row(&out, "sticky write").contains("materializations/mat1"), "{out}");
+    // What it would write is what is stored: nothing is rewritten.
+    assert!(out.contains(r#"materializations/mat1 already holds "treatment" for the unit; not rewritten"#), "{out}");
+    assert!(!out.contains("sticky write"), "{out}");
 
-    // Without the file, the read is "not stored" and the unit is bucketed.
+    // Without the file, the read is "not stored", the unit is bucketed and
+    // its new assignment written.
     let out = explain_case("mat_unit_in_mat_variant_found", "flags/mat-read-flag", false);
     assert!(out.contains("unit not in materializations/mat1"), "{out}");
     assert!(out.contains("bucket "), "{out}");
+    assert!(row(&out, "sticky write").contains("materializations/mat1"), "{out}");
 }
 
 #[test]

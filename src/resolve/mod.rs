@@ -506,6 +506,9 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 Sticky::Known(set) => !variant_name.is_empty() && set.lookup(u, write, rname) == Some(variant_name),
                 _ => false,
             };
+            if held {
+                self.note(|| format!("  {rname}: {write} already holds {variant_name:?} for the unit; not rewritten"));
+            }
             if !dup && !held {
                 self.writes.push(Record {
                     unit: u.to_string(),
