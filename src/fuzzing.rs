@@ -86,10 +86,11 @@ pub fn state(data: &[u8]) {
         let Ok(decoded) = formats::decode(data, format) else {
             continue;
         };
-        let secrets = decoded.state.client_credentials.iter().filter_map(|c| match &c.credential {
-            Some(Credential::ClientSecret(s)) => Some(s.secret.as_str()),
-            None => None,
-        });
+        let secrets = decoded
+            .state
+            .client_credentials
+            .iter()
+            .filter_map(|c| c.credential.as_ref().map(|Credential::ClientSecret(s)| s.secret.as_str()));
         for secret in secrets.take(4) {
             resolve_all(&snap, secret, &Default::default());
         }

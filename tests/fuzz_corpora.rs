@@ -7,8 +7,7 @@ use edgeflag::state::snapshot::Snapshot;
 use std::path::Path;
 use std::sync::LazyLock;
 
-static STATE: LazyLock<Snapshot> =
-    LazyLock::new(|| fuzzing::conformance_state().unwrap_or_else(|e| panic!("{e}")));
+static STATE: LazyLock<Snapshot> = LazyLock::new(|| fuzzing::conformance_state().unwrap_or_else(|e| panic!("{e}")));
 
 fn replay(target: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
