@@ -47,6 +47,10 @@ pub mod api;
 pub mod cli;
 /// Exposure events and apply: resolutions and tokens into FlagAssigned.
 pub mod exposure;
+/// What the fuzz targets run, shared with the corpus replay test.
+#[doc(hidden)]
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fuzzing;
 /// MurmurHash3 bucketing.
 pub mod hash;
 /// OFREP: request parsing, reason mapping, typed values, errors, ETags.
