@@ -917,6 +917,12 @@ for (rnd, c, w), e in by.items():
     print(f"| {rnd} | {c} | {q(e['rps'], b['rps'])} | {q(e['p99'], b['p99'])} | {q(e['p999'], b['p999'])} | {q(e['max'], b['max'])} | {q(e['cpu_us'], b['cpu_us'])} | {e['over250']} / {b['over250']} |")
 PY
     echo
+    echo "What shares the isolate with requests, each synchronous stretch natively (\`cargo run --release --example flush_cost\`, demo-like exposure events; wasm is slower):"
+    echo
+    echo "| stretch | time |"
+    echo "|---|---:|"
+    timeout 900 cargo run --quiet --release --example flush_cost 2>/dev/null || echo "| (flush_cost failed) | |"
+    echo
 }
 
 # What the wasm code is made of (twiggy, by crate, on a build that keeps

@@ -1,5 +1,5 @@
 //! What one flush and one consumer batch cost synchronously, natively
-//! (scripts/bench.sh section `tail` prints it next to the latency rows).
+//! (scripts/bench.sh section `tail` prints it after the latency rows).
 //! Fills the producer with demo-like exposure events, then times the
 //! checkpoint, each message's encode, and on the consumer side the
 //! decode + aggregate + encode of a full batch, one stretch at a time.
@@ -42,7 +42,7 @@ fn ms(t: Instant) -> f64 {
 
 fn main() {
     let tel = Telemetry::new();
-    for i in 0..200_000 {
+    for i in 0..50_000 {
         tel.record_apply(event(i));
     }
     let t = Instant::now();
@@ -62,8 +62,16 @@ fn main() {
         bytes / 1024
     );
     println!("| producer: encode of the largest message | {worst_encode:.2} ms |");
-    // A consumer batch of 100 such messages (wrangler.toml max_batch_size).
-    let batch: Vec<Vec<u8>> = bodies.iter().cycle().take(100).cloned().collect();
+    // A consumer batch of 100 distinct messages (wrangler.toml max_batch_size).
+    let mut batch = bodies;
+    while batch.len() < 100 {
+        let more = tel.checkpoint(2, [7; 16]);
+        if more.is_empty() {
+            break;
+        }
+        batch.extend(more.iter().map(|cp| cp.encode()));
+    }
+    batch.truncate(100);
     let t = Instant::now();
     let decoded: Vec<_> = batch.iter().filter_map(|b| decode_message(b).ok()).collect();
     let decode_ms = ms(t);
@@ -74,7 +82,8 @@ fn main() {
     let json = serde_json::to_vec(&logs).unwrap_or_default();
     let json_ms = ms(t);
     println!(
-        "| consumer: decode 100 messages ({} KB) | {decode_ms:.1} ms |",
+        "| consumer: decode {} messages ({} KB) | {decode_ms:.1} ms |",
+        batch.len(),
         batch.iter().map(Vec::len).sum::<usize>() / 1024
     );
     println!("| consumer: aggregate them | {aggregate_ms:.1} ms |");
@@ -82,5 +91,35 @@ fn main() {
         "| consumer: JSON-encode the aggregate ({} KB, {} events) | {json_ms:.1} ms |",
         json.len() / 1024,
         logs.flag_assigned.len()
+    );
+    // The consumer as it runs: decode slices and delivery chunks, each a
+    // synchronous stretch of its own between awaits.
+    let sizes: Vec<usize> = batch.iter().map(Vec::len).collect();
+    let mut worst_slice = 0f64;
+    let (mut t, mut since) = (Instant::now(), 0usize);
+    for b in &batch {
+        let _ = decode_message(b);
+        since += b.len();
+        if since >= telemetry::DECODE_SLICE_BYTES {
+            worst_slice = worst_slice.max(ms(t));
+            (t, since) = (Instant::now(), 0);
+        }
+    }
+    let mut worst_chunk = 0f64;
+    let chunks = telemetry::delivery_chunks(&sizes, telemetry::MAX_DELIVERY_BYTES);
+    for range in &chunks {
+        let t = Instant::now();
+        let logs = telemetry::aggregate(decoded.get(range.clone()).unwrap_or_default().iter());
+        let _ = serde_json::to_vec(&logs);
+        worst_chunk = worst_chunk.max(ms(t));
+    }
+    println!(
+        "| consumer, bounded: longest decode slice ({} KB) | {worst_slice:.1} ms |",
+        telemetry::DECODE_SLICE_BYTES / 1024
+    );
+    println!(
+        "| consumer, bounded: longest aggregate + JSON of one delivery chunk ({} chunks of at most {} KB) | {worst_chunk:.1} ms |",
+        chunks.len(),
+        telemetry::MAX_DELIVERY_BYTES / 1024
     );
 }
