@@ -6,7 +6,9 @@
       (a build with strip = false), and sums the shallow size of every
       function by the crate its demangled name starts with (`<T as
       crate::Trait>` impls count for the crate of T). Data segments are
-      one row. Prints a markdown table: crate, KB, share of the file.
+      one row; the name section itself (not shipped: release strips it) is
+      left out. Generated protobuf code is split into prost's and pbjson's
+      (the JSON decoders/encoders). Prints a markdown table: crate, KB, share.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from collections import Counter
 
 # Names that are not a crate path.
 DATA = re.compile(r"^data\[|^\.rodata|^data segment")
-PATH = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)::")
+PATH = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[[0-9a-f]+\])?::")
+SERDE = re.compile(r"serde(_core)?::(de|ser)::|pbjson")
 
 
 def crate_of(name: str) -> str:
+    if "function names" in name or name.startswith(('"', "custom section")):
+        return "(name section: not code, only in strip=false builds)"
     if DATA.search(name):
         return "(data segments: strings, tables, embedded state)"
     n = name.lstrip("<&*").removeprefix("mut ").removeprefix("dyn ")
@@ -33,6 +38,9 @@ def crate_of(name: str) -> str:
     m = PATH.match(n)
     if m:
         crate = m.group(1)
+        # Generated message code: prost's, or pbjson's serde impls (JSON).
+        if n.startswith("edgeflag::proto::") or "edgeflag::proto::" in name.split(" as ")[0]:
+            return "edgeflag::proto, serde (pbjson JSON decoders/encoders)" if SERDE.search(name) else "edgeflag::proto (prost)"
         return "std/core/alloc" if crate in ("core", "alloc", "std") else crate
     if n.startswith(("table[", "elem[", "type[", "import ", "export ", "global[", "memory[")):
         return "(wasm tables, types, imports, exports)"
@@ -56,8 +64,11 @@ def main() -> None:
     total = 0
     for row in csv.DictReader(io.StringIO(out)):
         size = int(row["ShallowSize"])
+        crate = crate_of(row["Name"])
+        if crate.startswith("(name section"):
+            continue  # not in the shipped (stripped) wasm
         total += size
-        sizes[crate_of(row["Name"])] += size
+        sizes[crate] += size
     print("| crate | KB | share |")
     print("|---|---:|---:|")
     shown = 0
@@ -65,7 +76,7 @@ def main() -> None:
         shown += size
         print(f"| {crate} | {size / 1024:.1f} | {100 * size / total:.1f}% |")
     print(f"| (everything else) | {(total - shown) / 1024:.1f} | {100 * (total - shown) / total:.1f}% |")
-    print(f"| **total (twiggy)** | {total / 1024:.1f} | 100% |")
+    print(f"| **total without the name section** | {total / 1024:.1f} | 100% |")
 
 
 if __name__ == "__main__":
