@@ -2,7 +2,7 @@
 # edgeflag benchmarks, printed as markdown tables in one run.
 #
 #   bash scripts/bench.sh                     # every section
-#   bash scripts/bench.sh native size         # only some: native size workerd ofrep cold telemetry sticky scale
+#   bash scripts/bench.sh native size         # only some: native size workerd tail ofrep cold telemetry sticky scale code
 #   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
 #
 # Sections (one function each):
@@ -20,6 +20,14 @@
 #                     under workerd: wrk at 1, 8 and 32 connections; req/s,
 #                     p50/p99, workerd CPU per request, edgeflag/baseline
 #                     ratios; workerd RSS after 10,000 requests.
+#   bench_tail        tail latency (scripts/bench/tail.py records every
+#                     request): baseline and edgeflag (demo) side by side,
+#                     TAIL_ROUNDS rounds at TAIL_CONNS connections; p50, p99,
+#                     p99.9, max, requests over 100/250 ms, longest stall,
+#                     CPU/req, and edgeflag/baseline ratios per round.
+#   bench_code        (not in the default run: one wasm32 release build per
+#                     CODE_VARIANTS setting, several minutes) wasm size per
+#                     release-profile setting, and twiggy's size by crate.
 #   bench_ofrep       OFREP single and bulk evaluation on edgeflag (demo state)
 #                     under workerd, bulk also with OFREP_BULK_APPLY=false:
 #                     wrk at 1, 8 and 32 connections; req/s, p50/p99, workerd
@@ -72,6 +80,8 @@
 #   BENCH_SECS=1       seconds per native row       COLD_RUNS=5
 #   SKIP_BUILD=1       never build; use what target/bench/ has
 #   STICKY_UNITS=2000  requests per row of the sticky section
+#   TAIL_SECS=8 TAIL_ROUNDS=3 TAIL_CONNS="8 32"   the tail section
+#   TAIL_VARS="NAME:VALUE ..."   extra vars for edgeflag in the tail section
 #   PIN=1              pin workerd to CPU 1 and wrk to CPU 0 (2+ cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +93,10 @@ COLD_RUNS=${COLD_RUNS:-5}
 SKIP_BUILD=${SKIP_BUILD:-0}
 PIN=${PIN:-0}
 READY_TIMEOUT=${READY_TIMEOUT:-90}
+TAIL_SECS=${TAIL_SECS:-8}
+TAIL_ROUNDS=${TAIL_ROUNDS:-3}
+TAIL_CONNS=${TAIL_CONNS:-"8 32"}
+TAIL_VARS=${TAIL_VARS:-}
 MEM_REQUESTS=10000
 SCRATCH=$ROOT/target/bench
 T0=$SECONDS
@@ -824,6 +838,136 @@ bench_sticky() {
     echo
 }
 
+# Tail latency (scripts/bench/tail.py: every request's start and end on
+# record). Baseline and edgeflag run side by side; each round loads one,
+# then the other, at each of $TAIL_CONNS connections. TAIL_VARS
+# ("NAME:VALUE ...") go to edgeflag only, for experiments that switch one
+# suspect off (e.g. FLAG_LOGS_INTERVAL_MS); the timelines and wrangler's
+# output, time-stamped on the client's clock, stay in target/bench/run-*-tail/.
+bench_tail() {
+    build_edgeflag demo
+    build_baseline
+    ensure_tools
+    local name c round pid port pgid dir head results=$SCRATCH/tail-results.jsonl
+    declare -A T_PID T_PORT T_PGID T_LOG
+    for name in baseline edgeflag-demo; do
+        if [ "$name" = edgeflag-demo ] && [ -n "$TAIL_VARS" ]; then
+            local v
+            W_VARS=()
+            for v in $TAIL_VARS; do W_VARS+=(--var "$v"); done
+        fi
+        start_worker "$name" tail
+        W_VARS=()
+        wait_answer "$name" >/dev/null
+        read -r pid port <<<"$(find_workerd "$name")"
+        T_PID[$name]=$pid
+        T_PORT[$name]=$port
+        T_PGID[$name]=$W_PGID
+        T_LOG[$name]=$W_LOG
+        log "$name (tail): wrangler pgid $W_PGID, workerd pid $pid on :$port"
+    done
+    : >"$results"
+    for name in baseline edgeflag-demo; do # warm-up, unmeasured
+        python3 scripts/bench/tail.py run --port "${T_PORT[$name]}" --conns 8 --secs 2 \
+            --head "$(body_head "$name")" --tail "$BODY_TAIL" >/dev/null
+    done
+    for round in $(seq 1 "$TAIL_ROUNDS"); do
+        for c in $TAIL_CONNS; do
+            for name in baseline edgeflag-demo; do
+                dir=$SCRATCH/run-$name-tail
+                log "tail round $round: $name -c$c for ${TAIL_SECS}s"
+                python3 scripts/bench/tail.py run --port "${T_PORT[$name]}" --pid "${T_PID[$name]}" \
+                    --conns "$c" --secs "$TAIL_SECS" --head "$(body_head "$name")" --tail "$BODY_TAIL" \
+                    --timeline "$dir/timeline-r$round-c$c.txt" --log "${T_LOG[$name]}" \
+                    --log-out "$dir/log-r$round-c$c.txt" |
+                    python3 -c 'import json, sys; d = json.load(sys.stdin); d.update(worker=sys.argv[1], conns=int(sys.argv[2]), round=int(sys.argv[3])); print(json.dumps(d))' \
+                        "$name" "$c" "$round" >>"$results"
+            done
+        done
+    done
+    for name in baseline edgeflag-demo; do
+        W_PGID=${T_PGID[$name]}
+        stop_worker
+    done
+    echo "## Tail latency under sustained load (scripts/bench/tail.py, every request recorded, ${TAIL_SECS}s per row, straight at workerd)"
+    echo
+    echo "Each round loads the baseline, then edgeflag (demo state), at each connection count; closed-loop keep-alive"
+    echo "connections, a fresh targeting key per request.${TAIL_VARS:+ edgeflag vars: \`$TAIL_VARS\`.} Ratios are edgeflag ÷ baseline in the same round; stall: the longest time in which no request completed."
+    echo
+    python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| round | conns | worker | req/s | p50 ms | p99 ms | p99.9 ms | max ms | > 100 ms | > 250 ms | non-200 | CPU µs/req | longest stall ms |")
+print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    stall = r["stalls"][0]["ms"] if r["stalls"] else 0
+    print(f"| {r['round']} | {r['conns']} | {r['worker']} | {r['rps']} | {r['p50']} | {r['p99']} | {r['p999']} | {r['max']} | {r['over100']} | {r['over250']} | {r['non200']} | {r['cpu_us']} | {stall} |")
+print()
+print("edgeflag ÷ baseline (targets: p99 ≤ 1.3, max ≤ 3, no request over 250 ms when the baseline has none; req/s ≥ 0.9, CPU ≤ 1.15):")
+print()
+print("| round | conns | req/s | p99 | p99.9 | max | CPU/req | > 250 ms (edgeflag / baseline) |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+by = {(r["round"], r["conns"], r["worker"]): r for r in rows}
+def q(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "n/a"
+for (rnd, c, w), e in by.items():
+    if w != "edgeflag-demo" or (rnd, c, "baseline") not in by:
+        continue
+    b = by[(rnd, c, "baseline")]
+    print(f"| {rnd} | {c} | {q(e['rps'], b['rps'])} | {q(e['p99'], b['p99'])} | {q(e['p999'], b['p999'])} | {q(e['max'], b['max'])} | {q(e['cpu_us'], b['cpu_us'])} | {e['over250']} / {b['over250']} |")
+PY
+    echo
+    echo "What shares the isolate with requests, each synchronous stretch natively (\`cargo run --release --example flush_cost\`, demo-like exposure events; wasm is slower):"
+    echo
+    echo "| stretch | time |"
+    echo "|---|---:|"
+    timeout 900 cargo run --quiet --release --example flush_cost 2>/dev/null || echo "| (flush_cost failed) | |"
+    echo
+}
+
+# What the wasm code is made of (twiggy, by crate, on a build that keeps
+# its name section) and the release profile settings one at a time: each
+# variant is scripts/build-worker.sh (demo state) into target/bench/code/
+# with one CARGO_PROFILE_RELEASE_* override (its own fingerprint: the
+# normal build stays cached). Sizes are of the bundle's index_bg.wasm.
+CODE_VARIANTS=${CODE_VARIANTS:-"CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind"}
+bench_code() {
+    ensure_tools
+    local twiggy=$ROOT/.tools/twiggy/bin/twiggy dir=$SCRATCH/code v wasm raw gz
+    if [ ! -x "$twiggy" ]; then
+        log "cargo install twiggy (into .tools/twiggy)"
+        timeout 1200 cargo install --quiet --locked --root "$ROOT/.tools/twiggy" twiggy >&2 || die "installing twiggy failed"
+    fi
+    mkdir -p "$dir"
+    local rows=() b label
+    for v in current $CODE_VARIANTS; do
+        b=${dir#"$ROOT"/}/${v//[=]/-}
+        label=${v#CARGO_PROFILE_RELEASE_}
+        label=${label,,}
+        log "code: scripts/build-worker.sh with ${v} -> $b"
+        if ! timeout 1800 env ${v/#current/_BENCH_CODE=1} EDGEFLAG_OUT_DIR="$b" bash scripts/build-worker.sh >"$b.log" 2>&1; then
+            rows+=("| $label | build failed ($b.log) | |")
+            continue
+        fi
+        wasm=$b/index_bg.wasm
+        raw=$(wc -c <"$wasm")
+        gz=$(gz_size "$wasm")
+        rows+=("| $label | $(div1024 "$raw") KB | $(div1024 "$gz") KB |")
+    done
+    echo "## Code size (the bundle's index_bg.wasm, demo state; release profile: opt-level s, lto, codegen-units 1, panic abort, strip)"
+    echo
+    echo "| setting changed from the release profile | wasm raw | wasm gzip |"
+    echo "|---|---:|---:|"
+    printf '%s\n' "${rows[@]}"
+    echo
+    if [ -f "$dir/CARGO_PROFILE_RELEASE_STRIP-false/index_bg.wasm" ]; then
+        echo "By crate (twiggy shallow sizes of the strip=false build, which adds the name section):"
+        echo
+        python3 scripts/bench/wasm_crates.py "$twiggy" "$dir/CARGO_PROFILE_RELEASE_STRIP-false/index_bg.wasm"
+        echo
+    fi
+}
+
 bench_scale() {
     echo "## Telemetry at scale (simulated)"
     echo
@@ -834,7 +978,7 @@ bench_scale() {
 
 # --- main ------------------------------------------------------------------------------------
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd ofrep cold telemetry sticky scale)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd tail ofrep cold telemetry sticky scale)
 echo "# edgeflag benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
 echo
 echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start."
@@ -850,7 +994,9 @@ for s in "${SECTIONS[@]}"; do
         ofrep) bench_ofrep ;;
         sticky) bench_sticky ;;
         scale) bench_scale ;;
-        *) die "unknown section '$s' (native size workerd ofrep cold telemetry sticky scale)" ;;
+        tail) bench_tail ;;
+        code) bench_code ;;
+        *) die "unknown section '$s' (native size workerd ofrep cold telemetry sticky scale tail code)" ;;
     esac
 done
 log "done in $((SECONDS - T0))s"

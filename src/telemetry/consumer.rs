@@ -16,6 +16,34 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
+/// One delivery request carries at most this many message bytes, so the
+/// consumer's synchronous aggregate + encode stays small (about 1 MB of
+/// protobuf, a few MB of JSON) whatever the Queue's batch size; the
+/// isolate that runs it also serves requests.
+pub const MAX_DELIVERY_BYTES: usize = 1 << 20;
+/// Messages decoded between two yields to the event loop.
+pub const DECODE_SLICE_BYTES: usize = 512 * 1024;
+
+/// Splits messages of the given encoded sizes, in order, into consecutive
+/// ranges of at most `max_bytes` each (a message larger than that gets a
+/// range of its own). Each range is one delivery request.
+pub fn delivery_chunks(sizes: &[usize], max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && bytes + n > max_bytes {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
 /// Merges a batch for delivery. A message repeated within the batch is
 /// taken once. Counts are summed per flag, variant, rule and assignment id
 /// (every id kept); schemas are merged per credential, deduplicated and
@@ -461,6 +489,31 @@ fn escape(v: &str) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::delivery_chunks;
+
+    #[test]
+    fn chunks_are_bounded_ordered_and_cover_everything() {
+        assert_eq!(delivery_chunks(&[], 10), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(delivery_chunks(&[4, 4, 4, 4], 10), vec![0..2, 2..4]);
+        assert_eq!(delivery_chunks(&[10, 1], 10), vec![0..1, 1..2]);
+        // Larger than the bound: alone, never dropped.
+        assert_eq!(delivery_chunks(&[3, 25, 3], 10), vec![0..1, 1..2, 2..3]);
+        let sizes: Vec<usize> = (0..100).map(|i| 1 + (i * 7919) % 120_000).collect();
+        let chunks = delivery_chunks(&sizes, 1 << 20);
+        assert_eq!(chunks.first().map(|c| c.start), Some(0));
+        assert_eq!(chunks.last().map(|c| c.end), Some(100));
+        for w in chunks.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        for c in &chunks {
+            let bytes: usize = sizes[c.clone()].iter().sum();
+            assert!(bytes <= 1 << 20 || c.len() == 1);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,9 @@
 //! is counted, logged and acked), send [`checkpoint_metrics`] of every
 //! checkpoint to the metrics Durable Object in one call (it runs
 //! [`apply_batch`]: each id at most once, the batch atomically), and only
-//! once it answered deliver [`aggregate`] of the batch; then report the
+//! once it answered deliver [`aggregate`] of each [`delivery_chunks`]
+//! slice of the batch (at most [`MAX_DELIVERY_BYTES`] each, so no encode
+//! is large in the isolate that also serves requests); then report the
 //! delivery attempts and ack, or hand the messages back to the Queue if
 //! delivery failed everywhere (logs go out again, metrics do not count
 //! twice).
@@ -58,7 +60,9 @@ pub mod schema;
 
 pub use aggregator::{apply_batch, checkpoint_metrics, DedupRecord, MemoryDedup, Window};
 pub use assign_log::MAX_PENDING_ASSIGN_BYTES;
-pub use consumer::{aggregate, render_prometheus, MetricsSnapshot};
+pub use consumer::{
+    aggregate, delivery_chunks, render_prometheus, MetricsSnapshot, DECODE_SLICE_BYTES, MAX_DELIVERY_BYTES,
+};
 pub use envelope::{decode_message, Checkpoint, CheckpointId, DecodeError};
 pub use resolve_log::MAX_SCHEMAS_PER_CREDENTIAL;
 

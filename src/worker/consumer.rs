@@ -2,7 +2,10 @@
 //! metrics to the `MetricsAggregator` Durable Object in one call (it
 //! applies each checkpoint id once; the consumer never reads or writes the
 //! metrics itself), then delivers the aggregated flag logs — primary
-//! destination, then fallback — and reports the delivery attempts.
+//! destination, then fallback — in requests of at most about 1 MB of
+//! messages, and reports the delivery attempts. It shares the isolate with
+//! requests, so decoding yields to the event loop every 512 KB and no
+//! aggregate or encode covers the whole batch.
 //! Transient delivery failures are retried a few times with a short fixed
 //! delay; if every destination still fails, the messages are handed back
 //! to the Queue (which redelivers, then dead-letters) and the aggregator,
@@ -16,7 +19,7 @@ use crate::proto::edgeflag::v1 as ef;
 use crate::proto::resolver::WriteFlagLogsRequest;
 use crate::telemetry::{self, Checkpoint};
 use ::worker::{Context, Delay, Env, Fetch, Headers, MessageBatch, MessageExt, Method, RequestInit};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use wasm_bindgen::JsCast;
 
@@ -76,26 +79,42 @@ fn body_bytes(v: &wasm_bindgen::JsValue) -> Option<Vec<u8>> {
     v.dyn_ref::<js_sys::ArrayBuffer>().map(|b| js_sys::Uint8Array::new(b).to_vec())
 }
 
+/// Lets requests waiting on this isolate run (a zero-delay timer).
+async fn yield_now() {
+    Delay::from(Duration::ZERO).await;
+}
+
 pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) -> ::worker::Result<()> {
-    let mut decoded: Vec<(::worker::RawMessage, Checkpoint)> = Vec::new();
+    // (message, checkpoint, encoded size). Decoding yields every
+    // DECODE_SLICE_BYTES: a full batch is about 12 MB of protobuf, and this
+    // isolate serves requests in between.
+    let mut decoded: Vec<(::worker::RawMessage, Checkpoint, usize)> = Vec::new();
     let mut malformed: Vec<::worker::RawMessage> = Vec::new();
+    let mut since_yield = 0usize;
     for msg in batch.raw_iter() {
-        match body_bytes(&msg.body())
+        let bytes = body_bytes(&msg.body());
+        let size = bytes.as_ref().map_or(0, Vec::len);
+        match bytes
             .ok_or_else(|| "not bytes".to_string())
             .and_then(|b| telemetry::decode_message(&b).map_err(|e| e.to_string()))
         {
-            Ok(cp) => decoded.push((msg, cp)),
+            Ok(cp) => decoded.push((msg, cp, size)),
             Err(e) => {
                 ::worker::console_error!("edgeflag: dropping a malformed flag-log message: {e}");
                 malformed.push(msg);
             }
+        }
+        since_yield += size;
+        if since_yield >= telemetry::DECODE_SLICE_BYTES {
+            since_yield = 0;
+            yield_now().await;
         }
     }
 
     // Metrics first, and only through the aggregator: once it answered,
     // these checkpoints count, whatever happens to their delivery.
     let metrics = ef::MetricsBatch {
-        checkpoints: decoded.iter().map(|(_, cp)| telemetry::checkpoint_metrics(cp)).collect(),
+        checkpoints: decoded.iter().map(|(_, cp, _)| telemetry::checkpoint_metrics(cp)).collect(),
         malformed_messages: malformed.len() as u64,
         deliveries: Vec::new(),
     };
@@ -105,11 +124,12 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Con
         for msg in malformed {
             msg.retry();
         }
-        for (msg, _) in decoded {
+        for (msg, _, _) in decoded {
             msg.retry();
         }
         return Ok(());
     }
+    drop(metrics);
     // Retrying cannot fix a message that does not decode.
     for msg in malformed {
         msg.ack();
@@ -118,9 +138,34 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Con
         return Ok(());
     }
 
-    let logs = telemetry::aggregate(decoded.iter().map(|(_, cp)| cp));
+    // Delivered in requests of at most MAX_DELIVERY_BYTES of messages, so
+    // no aggregate or encode is large; the fetch between them lets requests
+    // run. Once one request fails everywhere, the rest of the batch goes
+    // back to the Queue untried (no point in retrying a dead destination
+    // for every chunk). A checkpoint repeated within the batch goes once.
+    let sizes: Vec<usize> = decoded.iter().map(|(_, _, n)| *n).collect();
+    let mut seen = HashSet::new();
     let mut attempts: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
-    let delivered = deliver(&env, &logs, &mut attempts).await;
+    let mut delivering = true;
+    let mut messages = decoded.into_iter();
+    for range in telemetry::delivery_chunks(&sizes, telemetry::MAX_DELIVERY_BYTES) {
+        let chunk: Vec<_> = messages.by_ref().take(range.len()).collect();
+        if delivering {
+            let logs = telemetry::aggregate(chunk.iter().map(|(_, cp, _)| cp).filter(|cp| seen.insert(cp.id)));
+            delivering = deliver(&env, &logs, &mut attempts).await;
+            for (msg, _, _) in &chunk {
+                if delivering {
+                    msg.ack();
+                } else {
+                    msg.retry();
+                }
+            }
+        } else {
+            for (msg, _, _) in &chunk {
+                msg.retry();
+            }
+        }
+    }
     if !attempts.is_empty() {
         let deliveries = attempts
             .into_iter()
@@ -129,13 +174,6 @@ pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Con
         let report = ef::MetricsBatch { deliveries, ..Default::default() };
         if let Err(e) = send_metrics(&env, &report).await {
             ::worker::console_error!("edgeflag: delivery attempts not counted: {e}");
-        }
-    }
-    for (msg, _) in decoded {
-        if delivered {
-            msg.ack();
-        } else {
-            msg.retry();
         }
     }
     Ok(())

@@ -672,6 +672,45 @@ def test_concurrent_small_batches_with_failing_sink_are_exact(
     assert "dead letter queue" not in run.log_text.lower(), "messages were dead-lettered"
 
 
+# Test 3b: a batch of more than MAX_DELIVERY_BYTES (1 MiB) of messages is
+# delivered in several requests, each from at most 1 MiB of messages, with
+# every exposure exactly once. A long interval makes the load pile up into
+# one checkpoint of many 120 KB messages, which the Queue hands to one
+# consumer invocation.
+BIG_WEB = 3000
+BIG_STG = 3000
+
+
+def test_large_batch_is_delivered_in_bounded_requests(
+    built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("telemetry-large-batch")
+    run = load_through_sink(
+        tmp, Sink(), BIG_WEB, BIG_STG, 0, LOAD_CONNECTIONS, vars={"FLAG_LOGS_INTERVAL_MS": "20000"}
+    )
+    exp, c = run.exp, run.consistent
+    entries = assigned_entries(run.bodies)
+    sizes = sorted(len(p.body) for p in run.posts)
+    print(
+        f"\nlarge batch: {exp.requests} resolves in {run.sent_seconds:.1f}s; drained {run.drained_seconds:.1f}s "
+        f"later\nconsumer invocations: {run.batches}; sink POSTs {len(run.posts)}, JSON bytes {sizes}"
+    )
+    assert exp.requests == BIG_WEB + BIG_STG
+    # Some invocation got more than 1 MiB of messages (9+ of 120 KB), so it
+    # made more POSTs than there were invocations.
+    assert max((n for _, n in run.batches), default=0) >= 9, run.batches
+    assert len(run.posts) > len(run.batches), (run.batches, sizes)
+    # Each POST covers at most 1 MiB of protobuf messages; its JSON is a few
+    # times that, far from the whole batch in one body.
+    assert all(p.status == 200 for p in run.posts)
+    assert max(sizes) < 4 * 1024 * 1024, sizes
+    assert c.get("edgeflag_deliveries_total", destination="endpoint", result="ok") == len(run.posts)
+    assert_metrics_exact(c, exp)
+    assert_sink_attribution(run.bodies, exp)
+    dups = {rid: len(fas) for rid, fas in entries.items() if len(fas) != 1}
+    assert not dups, f"{len(dups)} resolveIds delivered more than once: {list(dups.items())[:5]}"
+
+
 # Test 4: the aggregator itself, through POST /v1/metrics:apply.
 INGEST_TOKEN = "ingest-token-for-tests"
 
