@@ -437,3 +437,92 @@ def test_bad_input(inst: Instance, http: requests.Session, case: Case) -> None:
     headers = {k: fill(v, inst.fills).decode("latin-1") for k, v in case.headers.items()}
     ans = send(inst, http, case.method, case.path, headers, fill(case.body, inst.fills), case.send)
     check_shape(case, ans)
+
+
+# --- After the catalogue: correct answers, exact counts ----------------------------------
+
+# Resolves sent after the reset point; each key is fresh, so nothing sticky is stored for it.
+AFTER_CONTEXTS = [
+    {"country": "SE", "plan": "premium"},
+    {"country": "US", "plan": "free"},
+    {"country": "NO", "app": {"version": "2.1.0"}},
+    {},
+]
+
+
+def cli_resolve(request: dict) -> dict:
+    if not EDGEFLAG.exists():
+        subprocess.run(["cargo", "build", "--bin", "edgeflag"], cwd=REPO, check=True, timeout=900)
+    out = subprocess.run(
+        [str(EDGEFLAG), "resolve", "--state", str(DEMO_STATE)],
+        input=j(request), capture_output=True, check=True, timeout=60,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def metrics(inst: Instance, http: requests.Session, path: str = "/metrics?consistent=1") -> dict[str, float]:
+    ans = send(inst, http, "GET", path, {"Authorization": f"Bearer {SECRETS['METRICS_TOKEN']}"}, b"", "requests")
+    assert ans.status == 200, ans.body[:300]
+    assert ans.headers["content-type"].startswith("text/plain"), ans.headers
+    return parse_prometheus(ans.body.decode())
+
+
+def reasons(samples: dict[str, float]) -> Counter:
+    out: Counter = Counter()
+    for k, v in samples.items():
+        if k.startswith("confidence_resolves_total{"):
+            out[k.split('reason="', 1)[1].split('"', 1)[0]] = int(v)
+    return out
+
+
+def settled(inst: Instance, http: requests.Session) -> dict[str, float]:
+    """Metrics once resolve counts stop moving: unchanged for 4 s, twice the
+    flush interval plus the queue's batch timeout (wrangler.toml). Bounded."""
+    last, still = metrics(inst, http), 0
+    for _ in range(60):
+        time.sleep(1)
+        now = metrics(inst, http)
+        still = still + 1 if reasons(now) == reasons(last) else 0
+        if still >= 4:
+            return now
+        last = now
+    raise AssertionError(f"resolve counts never settled: {reasons(last)}")
+
+
+def test_isolate_is_correct_and_counts_are_exact_after_the_catalogue(inst: Instance, http: requests.Session) -> None:
+    # Whatever this module ran before: run the catalogue once more, so this test stands alone under -k.
+    for case in CATALOGUE:
+        headers = {k: fill(v, inst.fills).decode("latin-1") for k, v in case.headers.items()}
+        check_shape(case, send(inst, http, case.method, case.path, headers, fill(case.body, inst.fills), case.send))
+    before = settled(inst, http)
+
+    expected: Counter = Counter()
+    for i, context in enumerate(AFTER_CONTEXTS):
+        request = {"clientSecret": DEMO_SECRET, "apply": True, "evaluationContext": {"targeting_key": f"after-{uuid.uuid4().hex}-{i}", **context}}
+        ans = send(inst, http, "POST", R, JSON, j(request), "requests")
+        assert ans.status == 200, ans.body[:300]
+        got, want = ans.json()["resolvedFlags"], cli_resolve(request)["resolvedFlags"]
+        assert got == want, f"worker {got}\n!= edgeflag resolve {want}"
+        expected.update(f["reason"] for f in got)
+
+    want_total = sum(reasons(before).values()) + sum(expected.values())
+    after = before
+    for _ in range(40):
+        after = metrics(inst, http)
+        if sum(reasons(after).values()) >= want_total:
+            break
+        time.sleep(1)
+    after = settled(inst, http)
+    delta = reasons(after) - reasons(before)
+    assert delta == expected, f"counted {dict(delta)}, sent {dict(expected)}"
+    key = 'edgeflag_requests_total{route="resolve",status="2xx"}'
+    assert after.get(key, 0) - before.get(key, 0) == len(AFTER_CONTEXTS), (before.get(key), after.get(key))
+    assert all(after.get(f'edgeflag_dropped_total{{what="{w}"}}', 0) == 0 for w in ("assign_events", "schemas", "checkpoints", "unattributed")), after
+    # The KV copy catches up to the same counts.
+    for _ in range(40):
+        if reasons(metrics(inst, http, "/metrics")) == reasons(after):
+            break
+        time.sleep(1)
+    assert reasons(metrics(inst, http, "/metrics")) == reasons(after)
+    log = inst.worker.log_path.read_text(errors="replace")
+    assert "panicked" not in log and "RuntimeError: unreachable" not in log, inst.worker.log_tail()
