@@ -526,3 +526,96 @@ def test_isolate_is_correct_and_counts_are_exact_after_the_catalogue(inst: Insta
     assert reasons(metrics(inst, http, "/metrics")) == reasons(after)
     log = inst.worker.log_path.read_text(errors="replace")
     assert "panicked" not in log and "RuntimeError: unreachable" not in log, inst.worker.log_tail()
+
+
+# --- Secrets leak nowhere ----------------------------------------------------------------
+
+
+def secret_forms(value: str) -> set[bytes]:
+    """`value` as configured and as base64 (standard, URL-safe, unpadded) and
+    hex; for a token key, also its raw bytes and their hex and base64url."""
+    forms: set[bytes] = set()
+    raws = [value.encode()]
+    try:
+        raws.append(base64.b64decode(value, validate=True))
+    except ValueError:
+        pass
+    for raw in raws:
+        forms |= {
+            raw,
+            raw.hex().encode(),
+            raw.hex().upper().encode(),
+            base64.b64encode(raw),
+            base64.b64encode(raw).rstrip(b"="),
+            base64.urlsafe_b64encode(raw).rstrip(b"="),
+        }
+    return {f for f in forms if len(f) >= 12}
+
+
+def configured_secrets() -> dict[str, str]:
+    out = {}
+    for name, value in SECRETS.items():
+        for i, part in enumerate(value.split(",")):
+            out[f"{name}[{i}]"] = part
+    return out
+
+
+def test_secrets_leak_nowhere(inst: Instance, http: requests.Session) -> None:
+    bearer = {"Authorization": f"Bearer {SECRETS['METRICS_TOKEN']}"}
+    ingest = {**JSON, "Authorization": f"Bearer {SECRETS['METRICS_INGEST_TOKEN']}"}
+    # Every route, successes and errors, with every configured secret sent somewhere.
+    drive = [
+        ("POST", R, JSON, ctx({"targeting_key": "leak-1", "country": "SE"}, apply=False)),
+        ("POST", R, JSON, ctx({"targeting_key": "leak-2"}, apply=True)),
+        ("POST", R, JSON, j({"clientSecret": SECRETS["METRICS_TOKEN"]})),
+        ("POST", R, JSON, j({"clientSecret": SECRETS["RESOLVE_TOKEN_KEY"]})),
+        ("POST", R, JSON, b'{"clientSecret": "' + SECRETS["CONFIDENCE_CLIENT_SECRET"].encode() + b'", '),
+        ("POST", A, JSON, apply_with("@TOKEN@")),
+        ("POST", A, JSON, apply_with("@OLD_TOKEN@")),
+        ("POST", A, JSON, apply_with("@STAGING_TOKEN@")),
+        ("POST", A, JSON, apply_with(SECRETS["RESOLVE_TOKEN_KEY"])),
+        ("POST", A, JSON, apply_with("@TOKEN@", secret=SECRETS["CONFIDENCE_CLIENT_SECRET"])),
+        ("POST", T, JSON, b"{}"),
+        ("GET", "/v1/state:etag", {}, b""),
+        ("GET", "/metrics", bearer, b""),
+        ("GET", "/metrics?consistent=1", bearer, b""),
+        ("GET", "/metrics", {"Authorization": f"ClientSecret {DEMO_SECRET}"}, b""),
+        ("GET", "/metrics", {"Authorization": f"Bearer {SECRETS['METRICS_INGEST_TOKEN']}"}, b""),
+        ("GET", "/metrics", {"Authorization": f"ClientSecret {SECRETS['CONFIDENCE_CLIENT_SECRET']}"}, b""),
+        ("POST", "/v1/metrics:apply", ingest, b"{}"),
+        ("POST", "/v1/metrics:apply", {**JSON, "Authorization": f"Bearer {SECRETS['METRICS_TOKEN']}"}, b"{}"),
+        ("POST", "/v1/metrics:apply", ingest, b"{not json"),
+        ("POST", SINGLE + "welcome-banner", AUTH, j({"context": {"targetingKey": "leak-3"}})),
+        ("POST", SINGLE + "welcome-banner", {**JSON, "X-API-Key": SECRETS["METRICS_TOKEN"]}, b"{}"),
+        ("POST", BULK, AUTH, j({"context": {"targetingKey": "leak-4"}})),
+        ("POST", BULK, {**JSON, "Authorization": f"Bearer {SECRETS['RESOLVE_TOKEN_KEY']}"}, b"{}"),
+        ("GET", "/nope", {}, b""),
+        ("PUT", R, {}, b""),
+    ]
+    for method, path, headers, body in drive:
+        ans = send(inst, http, method, path, headers, fill(body, inst.fills), "requests")
+        assert ans.status < 500, (method, path, ans.status, ans.body[:300])
+    # Flag logs reach the sink (the applied resolves above), then everything is searched.
+    for _ in range(60):
+        if any(b"flagAssigned" in b for b in inst.sink.bodies()):
+            break
+        time.sleep(0.5)
+    sink_bodies = inst.sink.bodies()
+    assert any(b"flagAssigned" in b for b in sink_bodies), "no flag logs reached the sink"
+    haystacks = {
+        "responses": b"\n".join(inst.captured),
+        "sink bodies": b"\n".join(sink_bodies),
+        "wrangler log": inst.worker.log_path.read_bytes(),
+    }
+    assert len(inst.captured) >= len(drive) and b"Ready on http://127.0.0.1" in haystacks["wrangler log"]
+    # The search can find things: a resolve token the worker returned is in the captures.
+    issued = send(inst, http, "POST", R, JSON, ctx({"targeting_key": "leak-5"}, apply=False), "requests").json()
+    assert issued["resolveToken"].encode() in b"\n".join(inst.captured)
+    leaks = [
+        f"{name} ({form[:6]!r}...) in {where}"
+        for name, value in configured_secrets().items()
+        for form in secret_forms(value)
+        for where, hay in haystacks.items()
+        if form in hay
+    ]
+    assert not leaks, "\n".join(leaks)
