@@ -19,6 +19,7 @@ import base64
 import http.client as httpclient
 import json
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -386,14 +387,18 @@ def send(inst: Instance, http: requests.Session, method: str, path: str, headers
                     conn.putheader(k, v)
                 conn.putheader("Transfer-Encoding", "chunked")
                 conn.endheaders()
-                for i in range(0, len(body), 16 * 1024):
-                    piece = body[i : i + 16 * 1024]
+                assert conn.sock is not None
+                pieces = [body[i : i + 16 * 1024] for i in range(0, len(body), 16 * 1024)]
+                for piece in [*(b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces), b"0\r\n\r\n"]:
+                    # Stop once the answer has started: a server that refused
+                    # the body mid-stream may reset the connection, and a
+                    # reset discards what it sent but was not read yet.
+                    if select.select([conn.sock], [], [], 0)[0]:
+                        break
                     try:
-                        conn.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                        conn.send(piece)
                     except (BrokenPipeError, ConnectionResetError):
-                        break  # refused mid-body: the answer is already on its way
-                else:
-                    conn.send(b"0\r\n\r\n")
+                        break
             else:  # raw: the path goes out byte for byte
                 lines = [f"{method} {path} HTTP/1.1", f"Host: {u.netloc}", f"Content-Length: {len(body)}", "Connection: close"]
                 lines += [f"{k}: {v}" for k, v in headers.items()]
