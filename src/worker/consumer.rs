@@ -252,7 +252,10 @@ async fn send(
         }
     };
     headers.set("Content-Type", ctype).map_err(|e| (false, e.to_string()))?;
-    if let Some(s) = secret {
+    // The Confidence backend secret authenticates to Confidence only; a
+    // FLAG_LOGS_ENDPOINT is someone else's server and never sees it.
+    let to_confidence = !matches!(dest, Destination::Json { name: "endpoint", .. });
+    if let (Some(s), true) = (secret, to_confidence) {
         headers.set("Authorization", &format!("ClientSecret {s}")).map_err(|e| (false, e.to_string()))?;
     }
     let mut init = RequestInit::new();

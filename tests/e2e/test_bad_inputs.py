@@ -286,6 +286,10 @@ class Sink:
         with self._lock:
             return [b for _, b in self.received]
 
+    def headers(self) -> list[str]:
+        with self._lock:
+            return [h for h, _ in self.received]
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -631,6 +635,8 @@ def test_secrets_leak_nowhere(inst: Instance, http: requests.Session) -> None:
     haystacks = {
         "responses": b"\n".join(inst.captured),
         "sink bodies": b"\n".join(sink_bodies),
+        # The endpoint is not Confidence: it gets no Authorization at all.
+        "sink request headers": "\n".join(inst.sink.headers()).encode(),
         "wrangler log": inst.worker.log_path.read_bytes(),
     }
     assert len(inst.captured) >= len(drive) and b"Ready on http://127.0.0.1" in haystacks["wrangler log"]
