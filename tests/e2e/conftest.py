@@ -392,12 +392,57 @@ def launch_worker(
             # The proxy must serve too: wrangler is whole, not half started.
             if (reason := _serves(port, bundle.state_etag)) is not None:
                 raise RuntimeError(f"wrangler's proxy does not serve the bundle ({reason}):\n{worker.log_tail()}")
+            _launched.append(worker)
             return worker
         except RuntimeError:
             worker.stop()
             if attempt == 2 or "address already in use" not in worker.log_tail().lower():
                 raise
     raise AssertionError("unreachable")
+
+
+def secret_forms(value: str) -> set[bytes]:
+    """`value` as configured and as base64 (standard, URL-safe, unpadded) and
+    hex; for a token key, also its raw bytes and their hex and base64url."""
+    forms: set[bytes] = set()
+    raws = [value.encode()]
+    try:
+        raws.append(base64.b64decode(value, validate=True))
+    except ValueError:
+        pass
+    for raw in raws:
+        forms |= {
+            raw,
+            raw.hex().encode(),
+            raw.hex().upper().encode(),
+            base64.b64encode(raw),
+            base64.b64encode(raw).rstrip(b"="),
+            base64.urlsafe_b64encode(raw).rstrip(b"="),
+        }
+    return {f for f in forms if len(f) >= 12}
+
+
+# Every instance started this session, for the leak check at its end.
+_launched: list[Worker] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log() -> Iterator[None]:
+    """After the whole session: no secret any instance was given appears, in
+    any encoding, in any instance's wrangler output (the Worker's logs)."""
+    yield
+    leaks = []
+    for w in _launched:
+        try:
+            log = w.log_path.read_bytes()
+        except OSError:
+            continue
+        for name, value in w.secrets.items():
+            for part in value.split(","):
+                for form in secret_forms(part.strip()):
+                    if form in log:
+                        leaks.append(f"{name} ({form[:6]!r}...) in {w.log_path}")
+    assert not leaks, "secrets in wrangler logs:\n" + "\n".join(sorted(set(leaks)))
 
 
 @pytest.fixture(scope="session")

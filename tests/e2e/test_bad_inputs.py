@@ -49,6 +49,7 @@ from conftest import (
     launch_worker,
     parse_prometheus,
     random_token_key,
+    secret_forms,
 )
 
 MAX_BODY_BYTES = 256 * 1024  # crate::api::MAX_BODY_BYTES
@@ -559,27 +560,6 @@ def test_isolate_is_correct_and_counts_are_exact_after_the_catalogue(inst: Insta
 
 
 # --- Secrets leak nowhere ----------------------------------------------------------------
-
-
-def secret_forms(value: str) -> set[bytes]:
-    """`value` as configured and as base64 (standard, URL-safe, unpadded) and
-    hex; for a token key, also its raw bytes and their hex and base64url."""
-    forms: set[bytes] = set()
-    raws = [value.encode()]
-    try:
-        raws.append(base64.b64decode(value, validate=True))
-    except ValueError:
-        pass
-    for raw in raws:
-        forms |= {
-            raw,
-            raw.hex().encode(),
-            raw.hex().upper().encode(),
-            base64.b64encode(raw),
-            base64.b64encode(raw).rstrip(b"="),
-            base64.urlsafe_b64encode(raw).rstrip(b"="),
-        }
-    return {f for f in forms if len(f) >= 12}
 
 
 def configured_secrets() -> dict[str, str]:
