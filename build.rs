@@ -22,12 +22,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".confidence.flags.admin.v1.ClientResolverState.state",
         ".confidence.flags.admin.v1.ResolverState.PackedBitset.gzipped_bitset",
     ]);
+    // Ordered maps: prost encodes a HashMap in hash order, so the same
+    // state would encode to different bytes (and etags) run to run.
+    config.btree_map(["."]);
     config.compile_fds(fds)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
         // Clients send fields newer than ours; proto3 JSON says ignore them.
         .ignore_unknown_fields()
+        .btree_map(["."])
         .out_dir(&out)
         .build(&[".confidence", ".google.type", ".edgeflag"])?;
 

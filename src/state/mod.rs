@@ -1,5 +1,6 @@
 pub mod bitset;
 pub mod bloom;
+pub mod canonical;
 pub mod embedded;
 pub mod formats;
 pub mod live;
