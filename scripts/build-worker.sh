@@ -29,6 +29,14 @@ fi
 # request, and the etag of the source file to serve (EDGEFLAG_STATE_ETAG):
 # the one `edgeflag validate` prints for it, however it was converted.
 src=${EDGEFLAG_STATE:-src/demo_state.json}
+if [ "$src" = none ]; then
+    # No embedded state: the Worker serves 503 until KV (or the CDN) gives
+    # it one. build.rs knows the value.
+    echo "build-worker: embedding no state (EDGEFLAG_STATE=none)"
+    export EDGEFLAG_STATE=none
+    unset EDGEFLAG_STATE_VALIDATED EDGEFLAG_STATE_ETAG
+    etag=none
+else
 echo "build-worker: embedding $src${EDGEFLAG_ACCOUNT:+ (account $EDGEFLAG_ACCOUNT)}"
 # The CLI is built without the build-time state, which it does not need.
 env -u EDGEFLAG_STATE -u EDGEFLAG_ACCOUNT -u EDGEFLAG_STATE_VALIDATED -u EDGEFLAG_STATE_ETAG \
@@ -78,6 +86,7 @@ echo "build-worker: $src validated ($format, etag $etag); embedding $embedded"
 EDGEFLAG_STATE=$(realpath "$embedded")
 export EDGEFLAG_STATE EDGEFLAG_STATE_VALIDATED=$embedded_etag EDGEFLAG_STATE_ETAG=$etag
 [ -n "${EDGEFLAG_ACCOUNT+x}" ] && export EDGEFLAG_ACCOUNT
+fi
 
 out=${EDGEFLAG_OUT_DIR:-build}
 out=${out%/}

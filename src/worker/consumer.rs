@@ -10,7 +10,7 @@
 //! aggregator cannot be reached, nothing is delivered and the whole batch
 //! is retried.
 
-use super::{flags, metrics_do, runtime};
+use super::{metrics_do, runtime, state_source};
 use crate::proto::admin::resolver_state::LogDestination;
 use crate::proto::edgeflag::v1 as ef;
 use crate::proto::resolver::WriteFlagLogsRequest;
@@ -55,7 +55,7 @@ fn destinations(env: &Env) -> Vec<Destination> {
     if let Some(url) = runtime::config(env, "FLAG_LOGS_ENDPOINT").filter(|u| !u.trim().is_empty()) {
         return vec![Destination::Json { name: "endpoint", url: url.trim().to_string() }];
     }
-    let configured = flags::snapshot().map(|s| s.log_destinations.clone()).unwrap_or_default();
+    let configured = state_source::current().map(|s| s.log_destinations.clone()).unwrap_or_default();
     let list = if configured.is_empty() { vec![LogDestination::SpotifyEdge as i32] } else { configured };
     list.into_iter()
         .take(2)
@@ -77,6 +77,8 @@ fn body_bytes(v: &wasm_bindgen::JsValue) -> Option<Vec<u8>> {
 }
 
 pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) -> ::worker::Result<()> {
+    // The account and log destinations come from the serving state.
+    let _ = state_source::for_background(&env).await;
     let mut decoded: Vec<(::worker::RawMessage, Checkpoint)> = Vec::new();
     let mut malformed: Vec<::worker::RawMessage> = Vec::new();
     for msg in batch.raw_iter() {
@@ -204,7 +206,7 @@ async fn send(
             (url.as_str(), serde_json::to_vec(logs).map_err(|e| (false, e.to_string()))?, "application/json")
         }
         Destination::Ingest { url } => {
-            let account_id = flags::snapshot().map(|s| s.account_id.clone()).unwrap_or_default();
+            let account_id = state_source::current().map(|s| s.account_id.clone()).unwrap_or_default();
             let batch = prost::Message::encode_to_vec(logs);
             (
                 url.as_str(),

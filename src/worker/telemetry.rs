@@ -84,6 +84,10 @@ pub fn sticky_read_failures(n: usize) {
     TELEMETRY.record_sticky_read_failures(n as u64);
 }
 
+pub fn state_load(source: crate::state::source::LoadSource, result: crate::state::source::LoadResult) {
+    TELEMETRY.record_state_load(source, result);
+}
+
 pub fn request(route: Route, status: u16) {
     TELEMETRY.record_request(route, status);
 }

@@ -251,11 +251,12 @@ def write_config(dest: Path, bundle: Bundle, edit: Callable[[str], str] | None =
 
 
 def _serves(port: int, expect_etag: str) -> str | None:
-    """None when http://127.0.0.1:`port` serves this bundle's state etag,
-    else why not."""
+    """None when http://127.0.0.1:`port` runs this bundle (its /healthz
+    names the bundle's embedded state etag, whatever state serves: a
+    pushed one, or none yet), else why not."""
     try:
-        r = requests.get(f"http://127.0.0.1:{port}/v1/state:etag", timeout=2, headers={"Connection": "close"})
-        etag = r.json().get("etag") if r.status_code == 200 else None
+        r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2, headers={"Connection": "close"})
+        etag = r.json().get("embeddedEtag") if r.status_code == 200 else None
     except (requests.RequestException, ValueError, AttributeError) as e:
         return f":{port}: {e}"
     return None if etag == expect_etag else f":{port}: HTTP {r.status_code} {r.text[:120]!r}"

@@ -1,0 +1,315 @@
+"""Live flag state under `wrangler dev`: states pushed into the instance's
+local STATE_KV with scripts/push-state.sh (and, for the rejections, blobs
+and pointers written with `wrangler kv`) change what the running Worker
+serves within STATE_REFRESH_SECONDS, with no restart.
+
+- Alternation: 32 connections resolve continuously while two states are
+  pushed in turn; every response equals `edgeflag resolve` on the state its
+  x-edgeflag-state-etag names, no old-state response follows a new-state
+  one, and none fails.
+- Rejections (missing blob, sha256 mismatch, truncated, undecodable,
+  corrupt bitset): the previous state keeps serving, /metrics counts the
+  result and the worker log's JSON line names the reason.
+- /readyz before the first state and after it; MAX_STATE_AGE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import REPO, Worker, parse_prometheus, poll
+
+SECRET = "demo-secret"
+CLI = REPO / "target" / "debug" / "edgeflag"
+WRANGLER = REPO / "node_modules" / ".bin" / "wrangler"
+DEMO = REPO / "src" / "demo_state.json"
+TIMEOUT = 10
+
+
+@pytest.fixture(scope="module")
+def cli() -> Path:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLAG_STATE") and k != "EDGEFLAG_ACCOUNT"}
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "edgeflag"], cwd=REPO, env=env, check=True, timeout=600)
+    return CLI
+
+
+@pytest.fixture(scope="module")
+def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A (the demo state), B (the demo state with other values), and a
+    copy of the demo state whose nordics bitset is corrupt gzip."""
+    d = tmp_path_factory.mktemp("states")
+    a = json.loads(DEMO.read_text())
+    b = json.loads(DEMO.read_text())
+    for flag in b["flags"].values():
+        for v in flag.get("variants", []):
+            if isinstance(v.get("value"), dict) and "message" in v["value"]:
+                v["value"]["message"] = "state B: " + v["value"]["message"]
+    (d / "a.json").write_text(json.dumps(a))
+    (d / "b.json").write_text(json.dumps(b))
+    return {"a": d / "a.json", "b": d / "b.json", "dir": d}
+
+
+def push(worker: Worker, path: Path, *extra: str) -> str:
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "push-state.sh"), str(path), "--local",
+         "--persist-to", str(worker.state_dir), "--config", str(worker.config_path), *extra],
+        cwd=REPO, env=dict(os.environ, EDGEFLAG_CLI=str(CLI)), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    etag = out.stdout.strip()
+    assert len(etag) == 32, out.stdout
+    return etag
+
+
+def kv_bulk(worker: Worker, entries: dict[str, bytes], tmp: Path) -> None:
+    """Writes raw values into the instance's STATE_KV in one wrangler call."""
+    f = tmp / f"bulk-{time.monotonic_ns()}.json"
+    f.write_text(json.dumps([{"key": k, "value": base64.b64encode(v).decode(), "base64": True} for k, v in entries.items()]))
+    out = subprocess.run(
+        [str(WRANGLER), "kv", "bulk", "put", str(f), "--binding", "STATE_KV", "--local",
+         "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
+        cwd=worker.config_path.parent, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def pointer_for(etag: str, blob: bytes, size: int | None = None, sha: str | None = None) -> bytes:
+    return json.dumps({
+        "etag": etag, "bytes": len(blob) if size is None else size,
+        "sha256": sha or hashlib.sha256(blob).hexdigest(), "account": "edgeflag-demo",
+        "pushedAt": "2026-01-01T00:00:00Z", "source": "test",
+    }).encode()
+
+
+REQUESTS = [
+    {"country": c, "plan": p, "app": {"version": v}}
+    for c in ("SE", "US") for p in ("premium", "free") for v in ("2.1.0", "1.0.0")
+]
+
+
+def body(i: int) -> dict:
+    ctx = dict(REQUESTS[i % len(REQUESTS)], targeting_key=f"user-{i}")
+    return {"clientSecret": SECRET, "flags": [], "evaluationContext": ctx, "apply": False}
+
+
+def expected(cli: Path, state: Path, n: int) -> list[list]:
+    out = []
+    for i in range(n):
+        r = subprocess.run([str(cli), "resolve", "--state", str(state)], input=json.dumps(body(i)),
+                           capture_output=True, text=True, timeout=30, check=True)
+        out.append(json.loads(r.stdout)["resolvedFlags"])
+    return out
+
+
+def serving(http: requests.Session, worker: Worker) -> str | None:
+    r = http.get(worker.url("/v1/state:etag"), timeout=TIMEOUT)
+    return r.json().get("etag") if r.status_code == 200 else None
+
+
+def wait_serving(http: requests.Session, worker: Worker, etag: str) -> None:
+    assert poll(lambda: serving(http, worker) == etag, 60, 0.5), f"{etag} never served:\n{worker.log_tail()}"
+
+
+def loads(http: requests.Session, worker: Worker) -> dict[str, float]:
+    r = http.get(worker.url("/metrics?consistent=1"), headers={"Authorization": f"ClientSecret {SECRET}"}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return {k: v for k, v in parse_prometheus(r.text).items() if k.startswith("edgeflag_state_loads_total")}
+
+
+def load_count(m: dict[str, float], source: str, result: str) -> float:
+    return m.get(f'edgeflag_state_loads_total{{source="{source}",result="{result}"}}', 0.0)
+
+
+LIVE = {"STATE_REFRESH_SECONDS": "1"}
+
+
+@pytest.mark.parametrize("worker", [{"vars": LIVE}], indirect=True)
+def test_alternating_pushes_under_load(worker: Worker, http: requests.Session, cli: Path, states: dict) -> None:
+    n = 16
+    want = {}
+    etag_a = push(worker, states["a"], "--keep-previous")
+    wait_serving(http, worker, etag_a)
+    want[etag_a] = expected(cli, states["a"], n)
+    etag_b = None
+
+    results: list[tuple[float, float, int, str | None, object]] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        s = requests.Session()
+        i = k
+        for _ in range(5000):  # bounded; stop ends it long before
+            if stop.is_set():
+                break
+            t0 = time.monotonic()
+            try:
+                r = s.post(worker.url("/v1/flags:resolve"), json=body(i % n), timeout=TIMEOUT)
+                got = (r.status_code, r.headers.get("x-edgeflag-state-etag"), r.json().get("resolvedFlags"))
+            except (requests.RequestException, ValueError) as e:
+                got = (0, None, repr(e))
+            with lock:
+                results.append((t0, time.monotonic(), i % n, got[1], got))
+            i += 32
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(32)]
+    for t in threads:
+        t.start()
+    pushes: list[tuple[float, str]] = [(0.0, etag_a)]
+    try:
+        for path in ("b", "a", "b", "a"):
+            started = time.monotonic()
+            etag = push(worker, states[path], "--keep-previous")
+            if path == "b" and etag_b is None:
+                etag_b = etag
+                want[etag_b] = expected(cli, states["b"], n)
+            pushes.append((started, etag))
+            wait_serving(http, worker, etag)
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert etag_b and etag_b != etag_a
+
+    failed = [r for r in results if r[4][0] != 200]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed, e.g. {failed[:3]}"
+    assert len(results) > 200, "the clients hardly ran"
+    for _, _, i, etag, (_, _, flags) in results:
+        assert etag in want, f"unknown state etag {etag}"
+        assert flags == want[etag][i], f"response for request {i} does not match `edgeflag resolve` on {etag}"
+    # Once push k's state was seen, no response started later (and before
+    # the next push) comes from the state before it.
+    by_end = sorted(results, key=lambda r: r[1])
+    for k in range(1, len(pushes)):
+        start_k, etag_k = pushes[k]
+        next_start = pushes[k + 1][0] if k + 1 < len(pushes) else float("inf")
+        first_seen = next((r[1] for r in by_end if r[0] >= start_k and r[3] == etag_k), None)
+        assert first_seen is not None, f"push {k} ({etag_k}) was never served"
+        stale = [r for r in results if first_seen < r[0] < next_start and r[3] != etag_k]
+        assert not stale, f"{len(stale)} responses from the old state after push {k} was served"
+    seen = {r[3] for r in results}
+    assert seen == {etag_a, etag_b}, seen
+
+
+REJECTIONS = [
+    # (name, result label, a phrase of the logged reason)
+    ("missing", "missing_blob", "does not have"),
+    ("sha", "checksum_mismatch", "sha256"),
+    ("truncated", "size_mismatch", "bytes; the pointer says"),
+    ("garbage", "invalid", "rejected"),
+    ("bitset", "invalid", "deflate"),
+]
+
+
+@pytest.mark.parametrize("worker", [{"vars": dict(LIVE, MAX_STATE_AGE_SECONDS="3")}], indirect=True)
+def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Session, cli: Path, states: dict) -> None:
+    etag_a = push(worker, states["a"], "--keep-previous")
+    wait_serving(http, worker, etag_a)
+    d = states["dir"]
+    a_blob = subprocess.run([str(cli), "convert", "--state", str(states["a"]), "--to", "envelope"],
+                            capture_output=True, check=True, timeout=30).stdout
+    corrupt_json = d / "corrupt.pj.json"
+    subprocess.run([str(cli), "convert", "--state", str(states["a"]), "--to", "json", "--out", str(corrupt_json)],
+                   check=True, timeout=30)
+    pj = json.loads(corrupt_json.read_text())
+    bs = next(b for b in pj["bitsets"] if b["segment"] == "segments/nordics")
+    bs.pop("fullBitset", None)
+    bs["gzippedBitset"] = base64.b64encode(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + b"not deflate" * 20).decode()
+    corrupt_json.write_text(json.dumps(pj))
+    corrupt = subprocess.run([str(cli), "convert", "--state", str(corrupt_json), "--account", "edgeflag-demo",
+                              "--to", "envelope"], capture_output=True, check=True, timeout=30).stdout
+    garbage = b"this is not a protobuf envelope" * 3
+    fake = lambda c: c * 32  # noqa: E731
+    blobs = {
+        f"state:blob:{fake('2')}": a_blob,  # sha256 in its pointer is wrong
+        f"state:blob:{fake('3')}": a_blob[: len(a_blob) // 2],  # truncated
+        f"state:blob:{fake('4')}": garbage,
+        f"state:blob:{fake('5')}": corrupt,
+    }
+    pointers = {
+        "missing": pointer_for(fake("1"), a_blob),
+        "sha": pointer_for(fake("2"), a_blob, sha="0" * 64),
+        "truncated": pointer_for(fake("3"), a_blob),
+        "garbage": pointer_for(fake("4"), garbage),
+        "bitset": pointer_for(fake("5"), corrupt),
+    }
+    kv_bulk(worker, blobs, d)
+
+    for name, result, phrase in REJECTIONS:
+        before = load_count(loads(http, worker), "kv", result)
+        kv_bulk(worker, {"state:current": pointers[name]}, d)
+
+        def counted() -> bool:
+            http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)  # drives refresh + flush
+            return load_count(loads(http, worker), "kv", result) > before
+
+        assert poll(counted, 60, 0.5), f"{name}: no {result} load counted:\n{worker.log_tail()}"
+        r = http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers.get("x-edgeflag-state-etag") == etag_a, (name, r.status_code)
+        lines = [json.loads(l[l.index("{"):]) for l in worker.log_tail(4000).splitlines() if '"event":"state_load"' in l]
+        assert any(x["result"] == result and phrase in x["reason"] for x in lines), (name, lines[-3:])
+
+    # The pointer has gone unconfirmed (every refresh rejected) for longer
+    # than MAX_STATE_AGE_SECONDS: not ready, while still serving.
+    def not_ready() -> bool:
+        r = http.get(worker.url("/readyz"), timeout=TIMEOUT)
+        return r.status_code == 503 and "MAX_STATE_AGE_SECONDS" in r.json()["reason"]
+
+    assert poll(not_ready, 20, 0.5)
+    assert serving(http, worker) == etag_a
+    # A good pointer again confirms it: ready.
+    kv_bulk(worker, {"state:current": pointer_for(etag_a, a_blob)}, d)
+    assert poll(lambda: http.get(worker.url("/readyz"), timeout=TIMEOUT).status_code == 200, 40, 0.5)
+
+
+@pytest.mark.parametrize("worker", [{"vars": dict(LIVE, EMBEDDED_STATE="off")}], indirect=True)
+def test_readyz_before_and_after_the_first_state(worker: Worker, http: requests.Session, states: dict) -> None:
+    assert http.get(worker.url("/healthz"), timeout=TIMEOUT).status_code == 200
+    r = http.get(worker.url("/readyz"), timeout=TIMEOUT)
+    assert r.status_code == 503, r.text
+    assert r.json()["ready"] is False and "STATE_KV" in r.json()["reason"]
+    r = http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "UNAVAILABLE"
+    assert http.get(worker.url("/v1/state:etag"), timeout=TIMEOUT).status_code == 503
+
+    etag = push(worker, states["a"])
+    assert poll(lambda: http.get(worker.url("/readyz"), timeout=TIMEOUT).status_code == 200, 40, 0.5)
+    r = http.get(worker.url("/v1/state:etag"), timeout=TIMEOUT)
+    info = r.json()
+    assert info["etag"] == etag and info["source"] == "kv" and info["ageSeconds"] <= 5, info
+    assert info["loadedAt"].endswith("Z") and info["version"]
+    assert r.headers.get("x-edgeflag-state-etag") == etag
+    r = http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers.get("x-edgeflag-state-etag") == etag
+
+
+def test_push_refuses_an_invalid_state_and_is_canonical(worker: Worker, cli: Path, states: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    s = json.loads(DEMO.read_text())
+    s["flags"]["flags/welcome-banner"]["rules"][0]["segment"] = 42
+    bad.write_text(json.dumps(s))
+    out = subprocess.run(["bash", str(REPO / "scripts" / "push-state.sh"), str(bad), "--local",
+                          "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
+                         cwd=REPO, env=dict(os.environ, EDGEFLAG_CLI=str(cli)), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "nothing pushed" in out.stderr, out.stderr
+    # The same state in two encodings gives one etag.
+    pb = tmp_path / "a.pb"
+    subprocess.run([str(cli), "convert", "--state", str(states["a"]), "--to", "envelope", "--out", str(pb)], check=True)
+    etags = set()
+    for p in (states["a"], pb):
+        ptr = tmp_path / "p.json"
+        subprocess.run([str(cli), "convert", "--state", str(p), "--to", "envelope", "--out", str(tmp_path / "o"),
+                        "--pointer", str(ptr)], check=True)
+        etags.add(json.loads(ptr.read_text())["etag"])
+    assert len(etags) == 1, etags
