@@ -71,16 +71,19 @@ def push(worker: Worker, path: Path, *extra: str) -> str:
     return etag
 
 
-def kv_bulk(worker: Worker, entries: dict[str, bytes], tmp: Path) -> None:
-    """Writes raw values into the instance's STATE_KV in one wrangler call."""
-    f = tmp / f"bulk-{time.monotonic_ns()}.json"
-    f.write_text(json.dumps([{"key": k, "value": base64.b64encode(v).decode(), "base64": True} for k, v in entries.items()]))
-    out = subprocess.run(
-        [str(WRANGLER), "kv", "bulk", "put", str(f), "--binding", "STATE_KV", "--local",
-         "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
-        cwd=worker.config_path.parent, capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+def kv_put(worker: Worker, entries: dict[str, bytes], tmp: Path) -> None:
+    """Writes raw values into the instance's STATE_KV, in order, one
+    `wrangler kv key put --path` each (`kv bulk put` of base64 values is
+    not byte-exact in wrangler 4.86's local mode)."""
+    for key, value in entries.items():
+        f = tmp / f"value-{time.monotonic_ns()}"
+        f.write_bytes(value)
+        out = subprocess.run(
+            [str(WRANGLER), "kv", "key", "put", key, "--path", str(f), "--binding", "STATE_KV", "--local",
+             "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
+            cwd=worker.config_path.parent, capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
 
 
 def pointer_for(etag: str, blob: bytes, size: int | None = None, sha: str | None = None) -> bytes:
@@ -128,6 +131,13 @@ def loads(http: requests.Session, worker: Worker) -> dict[str, float]:
 
 def load_count(m: dict[str, float], source: str, result: str) -> float:
     return m.get(f'edgeflag_state_loads_total{{source="{source}",result="{result}"}}', 0.0)
+
+
+def state_load_lines(worker: Worker) -> list[dict]:
+    """The worker's state_load log lines (JSON, after wrangler's prefix)."""
+    dec = json.JSONDecoder()
+    return [dec.raw_decode(line[line.index("{"):])[0]
+            for line in worker.log_tail(4000).splitlines() if '"event":"state_load"' in line]
 
 
 LIVE = {"STATE_REFRESH_SECONDS": "1"}
@@ -244,11 +254,11 @@ def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Se
         "garbage": pointer_for(fake("4"), garbage),
         "bitset": pointer_for(fake("5"), corrupt),
     }
-    kv_bulk(worker, blobs, d)
+    kv_put(worker, blobs, d)
 
     for name, result, phrase in REJECTIONS:
         before = load_count(loads(http, worker), "kv", result)
-        kv_bulk(worker, {"state:current": pointers[name]}, d)
+        kv_put(worker, {"state:current": pointers[name]}, d)
 
         def counted() -> bool:
             http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)  # drives refresh + flush
@@ -257,7 +267,7 @@ def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Se
         assert poll(counted, 60, 0.5), f"{name}: no {result} load counted:\n{worker.log_tail()}"
         r = http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
         assert r.status_code == 200 and r.headers.get("x-edgeflag-state-etag") == etag_a, (name, r.status_code)
-        lines = [json.loads(l[l.index("{"):]) for l in worker.log_tail(4000).splitlines() if '"event":"state_load"' in l]
+        lines = state_load_lines(worker)
         assert any(x["result"] == result and phrase in x["reason"] for x in lines), (name, lines[-3:])
 
     # The pointer has gone unconfirmed (every refresh rejected) for longer
@@ -269,7 +279,7 @@ def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Se
     assert poll(not_ready, 20, 0.5)
     assert serving(http, worker) == etag_a
     # A good pointer again confirms it: ready.
-    kv_bulk(worker, {"state:current": pointer_for(etag_a, a_blob)}, d)
+    kv_put(worker, {"state:current": pointer_for(etag_a, a_blob)}, d)
     assert poll(lambda: http.get(worker.url("/readyz"), timeout=TIMEOUT).status_code == 200, 40, 0.5)
 
 
