@@ -5,5 +5,5 @@ pub mod embedded;
 pub mod formats;
 pub mod live;
 pub mod snapshot;
-pub mod source;
 pub mod sorted_json;
+pub mod source;

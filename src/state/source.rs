@@ -41,6 +41,10 @@ pub struct Pointer {
     pub pushed_at: String,
     /// Who wrote it: `push`, `cdn`.
     pub source: String,
+    /// For states from the Confidence CDN: its HTTP ETag, sent back as
+    /// `If-None-Match` by the next tick.
+    #[serde(rename = "cdnEtag", default, skip_serializing_if = "Option::is_none")]
+    pub cdn_etag: Option<String>,
 }
 
 impl Pointer {
@@ -53,6 +57,7 @@ impl Pointer {
             account: formats::normalize_account(account),
             pushed_at: pushed_at.to_string(),
             source: source.to_string(),
+            cdn_etag: None,
         }
     }
 
@@ -137,10 +142,12 @@ pub enum LoadResult {
     DecryptFailed,
     /// This build embeds no state (`EDGEFLAG_STATE=none`).
     NoState,
+    /// A CDN state could not be written to STATE_KV.
+    WriteFailed,
 }
 
 impl LoadResult {
-    pub const ALL: [LoadResult; 10] = [
+    pub const ALL: [LoadResult; 11] = [
         LoadResult::Ok,
         LoadResult::Unchanged,
         LoadResult::NoPointer,
@@ -151,6 +158,7 @@ impl LoadResult {
         LoadResult::FetchFailed,
         LoadResult::DecryptFailed,
         LoadResult::NoState,
+        LoadResult::WriteFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -165,6 +173,7 @@ impl LoadResult {
             LoadResult::FetchFailed => "fetch_failed",
             LoadResult::DecryptFailed => "decrypt_failed",
             LoadResult::NoState => "no_state",
+            LoadResult::WriteFailed => "write_failed",
         }
     }
 
@@ -224,6 +233,62 @@ pub fn load_blob(pointer: &Pointer, blob: &[u8]) -> Result<Snapshot, Rejected> {
     Ok(snap)
 }
 
+/// The Confidence CDN's default base URL (`STATE_CDN_BASE` overrides it).
+pub const DEFAULT_CDN_BASE: &str = "https://confidence-resolver-state-cdn.spotifycdn.com";
+
+/// `{base}/{sha256hex(client secret)}`, plus `.enc` for encrypted states.
+pub fn cdn_url(base: &str, client_secret: &str, encrypted: bool) -> String {
+    let base = base.trim().trim_end_matches('/');
+    let name = sha256_hex(client_secret.trim().as_bytes());
+    format!("{base}/{name}{}", if encrypted { ".enc" } else { "" })
+}
+
+/// Decrypts a CDN state: AES-256-GCM, a 12-byte nonce prefix and a 16-byte
+/// tag suffix (Tink NO_PREFIX); `key_hex` is the 32-byte key in hex.
+pub fn decrypt_cdn(key_hex: &str, data: &[u8]) -> Result<Vec<u8>, Rejected> {
+    use aes_gcm::aead::array::Array;
+    use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit};
+    let fail = |why: &str| Rejected::new(LoadResult::DecryptFailed, why.to_string());
+    let key = hex_decode(key_hex.trim()).ok_or_else(|| fail("STATE_ENCRYPTION_KEY is not hex"))?;
+    let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| fail("STATE_ENCRYPTION_KEY is not 32 bytes"))?;
+    let (nonce, rest) = data.split_at_checked(12).ok_or_else(|| fail("encrypted state shorter than its nonce"))?;
+    let body_len = rest.len().checked_sub(16).ok_or_else(|| fail("encrypted state shorter than its tag"))?;
+    let (body, tag) = rest.split_at(body_len);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| fail("bad nonce"))?;
+    let tag: [u8; 16] = tag.try_into().map_err(|_| fail("bad tag"))?;
+    let mut buf = body.to_vec();
+    cipher
+        .decrypt_inout_detached(&Array::from(nonce), b"", buf.as_mut_slice().into(), &Array::from(tag))
+        .map_err(|_| fail("the tag does not verify (wrong key or corrupt state)"))?;
+    Ok(buf)
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+/// A CDN state (an envelope) validated completely, and the pointer to write
+/// for it: the blob is the envelope's exact bytes.
+pub fn prepare_cdn(envelope: &[u8], cdn_etag: Option<&str>, now: &str) -> Result<(Snapshot, Pointer), Rejected> {
+    if envelope.len() > MAX_BLOB_BYTES {
+        return Err(Rejected::new(
+            LoadResult::Invalid,
+            format!("CDN state is {} bytes; KV holds at most {MAX_BLOB_BYTES}", envelope.len()),
+        ));
+    }
+    let snap = Snapshot::load_with(
+        envelope,
+        LoadOptions { format: Some(StateFormat::Envelope), bitsets: BitsetCheck::Eager, ..LoadOptions::default() },
+    )
+    .map_err(|e| Rejected::new(LoadResult::Invalid, format!("CDN state rejected: {e}")))?;
+    let mut pointer = Pointer::for_blob(envelope, &snap.account_id, now, "cdn");
+    pointer.cdn_etag = cdn_etag.map(|e| e.trim().trim_start_matches("W/").trim_matches('"').to_string());
+    Ok((snap, pointer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,6 +329,38 @@ mod tests {
         let mut other = pointer(&blob);
         other.account = "someone-else".into();
         assert_eq!(load_blob(&other, &blob).err().map(|r| r.result), Some(LoadResult::Invalid));
+    }
+
+    #[test]
+    fn cdn_states_decrypt_and_validate() {
+        use aes_gcm::aead::array::Array;
+        use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit};
+        let key = [7u8; 32];
+        let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let plain = envelope();
+        let mut body = plain.clone();
+        let nonce = [9u8; 12];
+        let cipher = Aes256Gcm::new_from_slice(&key).expect("key");
+        let tag = cipher.encrypt_inout_detached(&Array::from(nonce), b"", body.as_mut_slice().into()).expect("seals");
+        let mut data = nonce.to_vec();
+        data.extend_from_slice(&body);
+        data.extend_from_slice(tag.as_slice());
+        assert_eq!(decrypt_cdn(&key_hex, &data).expect("opens"), plain);
+        let mut bad = data.clone();
+        if let Some(b) = bad.get_mut(20) {
+            *b ^= 1;
+        }
+        assert_eq!(decrypt_cdn(&key_hex, &bad).err().map(|r| r.result), Some(LoadResult::DecryptFailed));
+        assert_eq!(decrypt_cdn("zz", &data).err().map(|r| r.result), Some(LoadResult::DecryptFailed));
+        assert_eq!(decrypt_cdn(&key_hex, b"short").err().map(|r| r.result), Some(LoadResult::DecryptFailed));
+        let (snap, p) = prepare_cdn(&plain, Some("W/\"abc\""), "t").expect("valid");
+        assert_eq!(
+            (p.cdn_etag.as_deref(), p.source.as_str(), p.etag.as_str()),
+            (Some("abc"), "cdn", snap.etag.as_str())
+        );
+        assert_eq!(load_blob(&p, &plain).map(|s| s.account_id).ok().as_deref(), Some("demo"));
+        assert_eq!(prepare_cdn(b"junk", None, "t").err().map(|r| r.result), Some(LoadResult::Invalid));
+        assert!(cdn_url("https://cdn.example/", "s", true).ends_with(".enc"));
     }
 
     #[test]

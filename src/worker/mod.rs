@@ -163,6 +163,13 @@ async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, ctx: Context) -
     consumer::consume(batch, env, ctx).await
 }
 
+/// The cron tick (`[triggers] crons` in wrangler.toml): the Confidence CDN
+/// state source, when `CONFIDENCE_CLIENT_SECRET` is set.
+#[event(scheduled)]
+async fn scheduled(_event: ::worker::ScheduledEvent, env: Env, _ctx: ::worker::ScheduleContext) {
+    state_source::cdn_tick(&env).await;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     Resolve,

@@ -250,5 +250,126 @@ fn from_embedded(env: &Env) -> Attempt {
     } else {
         embedded::load().map(Some).map_err(|e| Rejected::new(LoadResult::Invalid, e.to_string()))
     };
-    Attempt { source: LoadSource::Embedded, etag: embedded::EMBEDDED.then(|| embedded::EMBEDDED_ETAG.to_string()), outcome }
+    Attempt {
+        source: LoadSource::Embedded,
+        etag: embedded::EMBEDDED.then(|| embedded::EMBEDDED_ETAG.to_string()),
+        outcome,
+    }
+}
+
+/// The Confidence CDN source, one cron tick: with `CONFIDENCE_CLIENT_SECRET`
+/// set, fetches `{STATE_CDN_BASE}/{sha256hex(secret)}` (`.enc`, AES-256-GCM
+/// with `STATE_ENCRYPTION_KEY`) with `If-None-Match` of the last CDN state's
+/// ETag. 304 writes nothing; 200 is decrypted and validated completely, then
+/// written as blob + pointer, which every isolate's refresh picks up. Any
+/// failure writes nothing and is counted and logged; the next tick is the
+/// retry.
+pub async fn cdn_tick(env: &Env) {
+    let Some(secret) = runtime::config(env, "CONFIDENCE_CLIENT_SECRET").filter(|s| !s.trim().is_empty()) else {
+        return;
+    };
+    let started = runtime::now_ms();
+    let attempt = cdn_attempt(env, &secret).await;
+    finish_cdn(attempt, started);
+    telemetry::flush_now(env).await;
+}
+
+fn finish_cdn(a: Attempt, started: f64) {
+    let (result, reason) = match a.outcome {
+        Ok(Some(_)) => (LoadResult::Ok, String::new()),
+        Ok(None) => (LoadResult::Unchanged, String::new()),
+        Err(r) => (r.result, r.reason),
+    };
+    telemetry::state_load(LoadSource::Cdn, result);
+    let line = serde_json::json!({
+        "event": "state_load",
+        "source": LoadSource::Cdn.as_str(),
+        "result": result.as_str(),
+        "etag": a.etag,
+        "reason": reason,
+        "duration_ms": (runtime::now_ms() - started).max(0.0).round() as u64,
+    });
+    if result.confirms() {
+        ::worker::console_log!("{line}");
+    } else {
+        ::worker::console_error!("{line}");
+    }
+}
+
+async fn cdn_attempt(env: &Env, secret: &str) -> Attempt {
+    let attempt = |etag: Option<String>, outcome| Attempt { source: LoadSource::Cdn, etag, outcome };
+    let fail = |result, why: String| attempt(None, Err(Rejected::new(result, why)));
+    let Ok(kv) = env.kv(KV_BINDING) else {
+        return fail(LoadResult::WriteFailed, "the CDN source needs the STATE_KV binding".to_string());
+    };
+    let key = runtime::config(env, "STATE_ENCRYPTION_KEY").filter(|k| !k.trim().is_empty());
+    let base = runtime::config(env, "STATE_CDN_BASE").unwrap_or_else(|| source::DEFAULT_CDN_BASE.to_string());
+    let url = source::cdn_url(&base, secret, key.is_some());
+    let deadline = runtime::now_ms() + READ_BUDGET_MS;
+    let previous = sticky_kv::bounded("pointer read", deadline, || kv.get(source::CURRENT_KEY).bytes())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|b| Pointer::parse(&b).ok());
+    let headers = ::worker::Headers::new();
+    if let Some(etag) = previous.as_ref().and_then(|p| p.cdn_etag.as_deref()) {
+        let _ = headers.set("If-None-Match", &format!("\"{etag}\""));
+    }
+    let mut init = ::worker::RequestInit::new();
+    init.with_headers(headers);
+    let request = match ::worker::Request::new_with_init(&url, &init) {
+        Ok(r) => r,
+        Err(e) => return fail(LoadResult::FetchFailed, format!("CDN request for {base}: {e}")),
+    };
+    let mut resp = match ::worker::Fetch::Request(request).send().await {
+        Ok(r) => r,
+        Err(e) => return fail(LoadResult::FetchFailed, format!("CDN fetch failed: {e}")),
+    };
+    match resp.status_code() {
+        304 => return attempt(previous.map(|p| p.etag), Ok(None)),
+        200 => {}
+        s => return fail(LoadResult::FetchFailed, format!("CDN answered HTTP {s}")),
+    }
+    let cdn_etag = resp.headers().get("ETag").ok().flatten();
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return fail(LoadResult::FetchFailed, format!("CDN body: {e}")),
+    };
+    let plain = match key {
+        Some(k) => match source::decrypt_cdn(&k, &body) {
+            Ok(p) => p,
+            Err(r) => return attempt(None, Err(r)),
+        },
+        None => body,
+    };
+    let now = rfc3339_now();
+    let (snap, pointer) = match source::prepare_cdn(&plain, cdn_etag.as_deref(), &now) {
+        Ok(v) => v,
+        Err(r) => return attempt(None, Err(r)),
+    };
+    let etag = Some(pointer.etag.clone());
+    // Blob first, then the pointer: a reader never finds a pointer whose
+    // blob was not written (KV may still show it late elsewhere).
+    let writes = async {
+        kv.put_bytes(&source::blob_key(&pointer.etag), &plain)
+            .map_err(|e| e.to_string())?
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?;
+        kv.put(source::CURRENT_KEY, pointer.to_json())
+            .map_err(|e| e.to_string())?
+            .execute()
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match writes.await {
+        Ok(()) => attempt(etag, Ok(Some(snap))),
+        Err(e) => attempt(etag, Err(Rejected::new(LoadResult::WriteFailed, format!("writing STATE_KV: {e}")))),
+    }
+}
+
+fn rfc3339_now() -> String {
+    chrono::DateTime::from_timestamp_millis(runtime::now_ms() as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }

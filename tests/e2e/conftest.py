@@ -359,6 +359,8 @@ def launch_worker(
             "--persist-to", str(state_dir),
             "--env-file", str(env_file),
             "--show-interactive-dev-session=false",
+            # /cdn-cgi/handler/scheduled runs a cron tick on demand.
+            "--test-scheduled",
             "--log-level", "info",
         ]
         for k, v in vars.items():

@@ -323,3 +323,127 @@ def test_push_refuses_an_invalid_state_and_is_canonical(worker: Worker, cli: Pat
                         "--pointer", str(ptr)], check=True)
         etags.add(json.loads(ptr.read_text())["etag"])
     assert len(etags) == 1, etags
+
+
+# --- The Confidence CDN source (cron) ----------------------------------------
+
+ENCRYPT_JS = """
+const c = require("crypto"), fs = require("fs");
+const [key, input, output] = process.argv.slice(1);
+const nonce = c.randomBytes(12);
+const ci = c.createCipheriv("aes-256-gcm", Buffer.from(key, "hex"), nonce);
+const body = Buffer.concat([ci.update(fs.readFileSync(input)), ci.final()]);
+fs.writeFileSync(output, Buffer.concat([nonce, body, ci.getAuthTag()]));
+"""
+
+
+class Cdn:
+    """A stand-in for the Confidence state CDN on 127.0.0.1: serves one
+    object with an ETag (304 on a matching If-None-Match), or a set status;
+    accepts flag-log POSTs too (FLAG_LOGS_ENDPOINT), so nothing leaves the
+    machine."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        cdn = self
+        self.body, self.etag, self.status = b"", "", 200
+        self.seen: list[tuple[str, str | None]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                inm = self.headers.get("If-None-Match")
+                cdn.seen.append((self.path, inm))
+                if cdn.status != 200:
+                    self.send_response(cdn.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif inm and inm.strip('"') == cdn.etag:
+                    self.send_response(304)
+                    self.send_header("ETag", f'"{cdn.etag}"')
+                    self.end_headers()
+                else:
+                    self.send_response(200)
+                    self.send_header("ETag", f'"{cdn.etag}"')
+                    self.send_header("Content-Length", str(len(cdn.body)))
+                    self.end_headers()
+                    self.wfile.write(cdn.body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_cdn_cron_tick(start_worker, http: requests.Session, cli: Path, states: dict, tmp_path: Path) -> None:
+    from conftest import DEFAULT_SECRETS
+
+    key = os.urandom(32).hex()
+    secret = "cdn-test-backend-secret"
+    cdn = Cdn()
+    try:
+        worker = start_worker(
+            vars=dict(LIVE, STATE_CDN_BASE=f"http://127.0.0.1:{cdn.port}",
+                      FLAG_LOGS_ENDPOINT=f"http://127.0.0.1:{cdn.port}/logs"),
+            secrets=dict(DEFAULT_SECRETS, CONFIDENCE_CLIENT_SECRET=secret, STATE_ENCRYPTION_KEY=key),
+        )
+        plain, ptr = tmp_path / "b.envelope", tmp_path / "b.pointer"
+        subprocess.run([str(cli), "convert", "--state", str(states["b"]), "--to", "envelope", "--out", str(plain),
+                        "--pointer", str(ptr)], check=True, timeout=30)
+        etag_b = json.loads(ptr.read_text())["etag"]
+        enc = tmp_path / "b.enc"
+        subprocess.run(["node", "-e", ENCRYPT_JS, key, str(plain), str(enc)], check=True, timeout=30)
+        cdn.body, cdn.etag = enc.read_bytes(), "v1"
+        embedded = serving(http, worker)
+        assert embedded and embedded != etag_b
+
+        def tick() -> None:
+            r = http.get(worker.url("/cdn-cgi/handler/scheduled"), timeout=30)
+            assert r.status_code == 200, r.text
+
+        def counted(result: str, before: float) -> bool:
+            http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
+            return load_count(loads(http, worker), "cdn", result) > before
+
+        # 200: decrypted, validated, written; every isolate's refresh serves it.
+        tick()
+        want_path = f"/{hashlib.sha256(secret.encode()).hexdigest()}.enc"
+        assert cdn.seen and cdn.seen[-1] == (want_path, None), cdn.seen
+        wait_serving(http, worker, etag_b)
+        assert poll(lambda: counted("ok", 0), 40, 0.5), worker.log_tail()
+
+        # 304: If-None-Match carries the CDN's ETag; nothing written.
+        tick()
+        assert cdn.seen[-1] == (want_path, '"v1"'), cdn.seen
+        assert poll(lambda: counted("unchanged", 0), 40, 0.5), worker.log_tail()
+        assert serving(http, worker) == etag_b
+
+        # 500: counted, the last good state keeps serving.
+        cdn.status = 500
+        tick()
+        assert poll(lambda: counted("fetch_failed", 0), 40, 0.5), worker.log_tail()
+        assert serving(http, worker) == etag_b
+
+        # A new object that does not decrypt: counted, nothing written.
+        cdn.status, cdn.body, cdn.etag = 200, os.urandom(200), "v2"
+        tick()
+        assert poll(lambda: counted("decrypt_failed", 0), 40, 0.5), worker.log_tail()
+        assert serving(http, worker) == etag_b
+        assert any(x["source"] == "cdn" and x["result"] == "fetch_failed" and "HTTP 500" in x["reason"]
+                   for x in state_load_lines(worker))
+    finally:
+        cdn.close()
