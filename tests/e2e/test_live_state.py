@@ -447,3 +447,85 @@ def test_cdn_cron_tick(start_worker, http: requests.Session, cli: Path, states: 
                    for x in state_load_lines(worker))
     finally:
         cdn.close()
+
+
+# --- Sticky assignments across a state change ---------------------------------
+
+PRICING = "flags/pricing-experiment"
+CONTROL = "flags/pricing-experiment/variants/control"
+
+
+def list_sticky_keys(worker: Worker, prefix: str) -> set[str]:
+    out = subprocess.run(
+        [str(WRANGLER), "kv", "key", "list", "--binding", "MATERIALIZATIONS_KV", "--local", "--prefix", prefix,
+         "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
+        cwd=worker.config_path.parent, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return {k["name"] for k in json.loads(out.stdout)}
+
+
+def test_sticky_assignments_survive_a_push_that_changes_the_allocation(
+    start_worker, http: requests.Session, cli: Path, states: dict
+) -> None:
+    worker = start_worker(vars=LIVE, label="sticky-push")
+    # C: the experiment now sends 999 of 1000 buckets to control (discount
+    # stays an assignment: a stored variant the rule no longer assigns is
+    # not sticky, per the Confidence semantics).
+    c = json.loads(DEMO.read_text())
+    spec = next(r for r in c["flags"][PRICING]["rules"] if "materializationSpec" in r)["assignmentSpec"]
+    n = spec["bucketCount"]
+    for a in spec["assignments"]:
+        ctrl = a["variant"]["variant"] == CONTROL
+        a["bucketRanges"] = [{"lower": 0, "upper": n - 1}] if ctrl else [{"lower": n - 1, "upper": n}]
+    state_c = states["dir"] / "c.json"
+    state_c.write_text(json.dumps(c))
+
+    run = os.urandom(4).hex()
+    units = [f"u{run}-{i}" for i in range(32)]
+
+    def pricing(unit: str) -> dict:
+        r = http.post(worker.url("/v1/flags:resolve"), timeout=TIMEOUT, json={
+            "clientSecret": SECRET, "flags": [PRICING],
+            "evaluationContext": {"targeting_key": unit, "plan": "premium", "email": "b@customer.test"}})
+        assert r.status_code == 200, r.text
+        (f,) = r.json()["resolvedFlags"]
+        return f
+
+    # 32 concurrent first resolves for distinct units: every write lands.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first(unit: str) -> str:
+        s = requests.Session()
+        r = s.post(worker.url("/v1/flags:resolve"), timeout=TIMEOUT, json={
+            "clientSecret": SECRET, "flags": [PRICING],
+            "evaluationContext": {"targeting_key": unit, "plan": "premium", "email": "b@customer.test"}})
+        assert r.status_code == 200, r.text
+        return r.json()["resolvedFlags"][0]["variant"]
+
+    with ThreadPoolExecutor(32) as pool:
+        before = dict(zip(units, pool.map(first, units)))
+    assert set(before.values()) == {CONTROL, "flags/pricing-experiment/variants/discount"}, before
+    prefix = f"mat:u{run}-"
+
+    def all_written() -> set[str] | None:
+        k = list_sticky_keys(worker, prefix)
+        return k if len(k) >= len(units) else None
+
+    keys = poll(all_written, 20, 1.0)
+    assert keys and {k.split(":")[1] for k in keys} == set(units), f"lost writes: {sorted(keys or [])}"
+
+    etag_c = push(worker, state_c, "--keep-previous")
+    wait_serving(http, worker, etag_c)
+    for unit in units:
+        assert pricing(unit)["variant"] == before[unit], unit
+    # Fresh units land by the new allocation: as `edgeflag resolve` on C says.
+    for i in range(8):
+        unit = f"fresh-{run}-{i}"
+        req = {"clientSecret": SECRET, "flags": [PRICING],
+               "evaluationContext": {"targeting_key": unit, "plan": "premium", "email": "b@customer.test"}}
+        r = subprocess.run([str(CLI), "resolve", "--state", str(state_c)], input=json.dumps(req),
+                           capture_output=True, text=True, timeout=30, check=True)
+        want = json.loads(r.stdout)["resolvedFlags"][0]["variant"]
+        assert pricing(unit)["variant"] == want, unit
+    assert sum(before[u] == CONTROL for u in units) < len(units), "some units kept discount"
