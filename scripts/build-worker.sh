@@ -70,9 +70,8 @@ case $format in
         # One file per source, so bundles of different states do not
         # overwrite each other's converted state.
         embedded=target/embedded-state/$(printf '%s' "$src" | cksum | cut -d' ' -f1).pb
-        # Converting is not byte-stable (protobuf maps encode in hash order),
-        # and new bytes rebuild the Worker: convert only when the source, the
-        # account or the converter changed.
+        # Converting is byte-stable (canonical encoding), but costs time:
+        # convert only when the source, the account or the converter changed.
         stamp="$etag ${EDGEFLAG_ACCOUNT-} $(cksum <"$cli")"
         if [ ! -f "$embedded" ] || [ "$(cat "$embedded.source" 2>/dev/null)" != "$stamp" ]; then
             rm -f "$embedded.source"

@@ -142,7 +142,7 @@ async fn load(env: &Env) {
     let now = runtime::now_ms() as u64;
     let mut fallback = serving.is_none();
     if let Some(a) = kv_attempt {
-        let result = finish(a, started, now);
+        let result = finish(a, started, now).await;
         // No pointer: the embedded state is what the source says serves.
         let confirms_embedded = result == Some(LoadResult::NoPointer)
             && serving.as_ref().is_some_and(|s| s.source == LoadSource::Embedded.as_str());
@@ -155,13 +155,14 @@ async fn load(env: &Env) {
         CONFIRMED_MS.store(now, Ordering::Relaxed);
     }
     if fallback {
+        let started = runtime::now_ms();
         let a = from_embedded(env);
-        finish(a, runtime::now_ms(), now);
+        finish(a, started, now).await;
     }
 }
 
 /// Counts, logs and (on success) installs an attempt; returns its result.
-fn finish(a: Attempt, started: f64, now: u64) -> Option<LoadResult> {
+async fn finish(a: Attempt, started: f64, now: u64) -> Option<LoadResult> {
     let (result, reason, stats) = match a.outcome {
         Ok(Some(mut snap)) => {
             snap.source = a.source.as_str().to_string();
@@ -191,6 +192,12 @@ fn finish(a: Attempt, started: f64, now: u64) -> Option<LoadResult> {
         }
     };
     telemetry::state_load(a.source, result);
+    if stats.is_some() {
+        // The Workers clock stands still during synchronous work; a timer
+        // turn lets it catch up, so duration_ms includes decoding and
+        // validation, not only the KV reads.
+        ::worker::Delay::from(std::time::Duration::from_millis(0)).await;
+    }
     let (flags, segments, bytes) = stats.unwrap_or_default();
     let line = serde_json::json!({
         "event": "state_load",

@@ -361,7 +361,7 @@ def launch_worker(
             "--show-interactive-dev-session=false",
             # /cdn-cgi/handler/scheduled runs a cron tick on demand.
             "--test-scheduled",
-            "--log-level", "info",
+            "--log-level", "log",  # console.log lines too (state loads)
         ]
         for k, v in vars.items():
             cmd += ["--var", f"{k}:{v}"]
