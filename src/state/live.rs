@@ -104,7 +104,9 @@ mod tests {
     use super::*;
 
     fn demo() -> Snapshot {
-        super::super::embedded::load().expect("embedded state")
+        // The demo state itself, not the embedded one: an EDGEFLAG_STATE=none
+        // build embeds nothing.
+        Snapshot::load(include_bytes!("../demo_state.json"), None, None).expect("demo state")
     }
 
     #[test]
