@@ -24,12 +24,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".confidence.flags.admin.v1.ClientResolverState.state",
         ".confidence.flags.admin.v1.ResolverState.PackedBitset.gzipped_bitset",
     ]);
+    // Ordered maps: prost encodes a HashMap in hash order, so the same
+    // state would encode to different bytes (and etags) run to run.
+    config.btree_map(["."]);
     config.compile_fds(fds)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
         // Clients send fields newer than ours; proto3 JSON says ignore them.
         .ignore_unknown_fields()
+        .btree_map(["."])
         .out_dir(&out)
         .build(&[".confidence", ".google.type", ".edgeflag"])?;
 
@@ -54,6 +58,20 @@ fn embed_state(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> 
     println!("cargo:rerun-if-env-changed=EDGEFLAG_STATE_VALIDATED");
     println!("cargo:rerun-if-env-changed=EDGEFLAG_STATE_ETAG");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    // `none`: a build fed only by KV or the CDN, which can never serve the
+    // demo flags; it answers 503 until its first state loads.
+    if std::env::var("EDGEFLAG_STATE").is_ok_and(|p| p.trim() == "none") {
+        std::fs::write(out.join("embedded_state.bin"), [])?;
+        let code = "/// This build embeds no state (EDGEFLAG_STATE=none).\n\
+             pub const EMBEDDED: bool = false;\n\
+             pub const EMBEDDED_STATE: &[u8] = &[];\n\
+             pub const EMBEDDED_ACCOUNT: Option<&str> = None;\n\
+             pub const EMBEDDED_SOURCE: &str = \"none\";\n\
+             pub const EMBEDDED_ETAG: &str = \"none\";\n\
+             pub const EMBEDDED_PREVALIDATED: bool = false;\n";
+        std::fs::write(out.join("embedded_state.rs"), code)?;
+        return Ok(());
+    }
     let path = match std::env::var("EDGEFLAG_STATE") {
         Ok(p) if !p.is_empty() => manifest.join(p),
         _ => manifest.join("src/demo_state.json"),
@@ -83,7 +101,9 @@ fn embed_state(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> 
     let account = std::env::var("EDGEFLAG_ACCOUNT").ok().filter(|a| !a.is_empty());
     let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let code = format!(
-        "/// The state compiled into this build.\n\
+        "/// This build embeds a state.\n\
+         pub const EMBEDDED: bool = true;\n\
+         /// The state compiled into this build.\n\
          pub const EMBEDDED_STATE: &[u8] = include_bytes!(concat!(env!(\"OUT_DIR\"), \"/embedded_state.bin\"));\n\
          /// The account, for formats that carry none.\n\
          pub const EMBEDDED_ACCOUNT: Option<&str> = {account:?};\n\

@@ -2,10 +2,14 @@
 # edgeflag benchmarks, printed as markdown tables in one run.
 #
 #   bash scripts/bench.sh                     # every section
-#   bash scripts/bench.sh native size         # only some: native size workerd tail ofrep cold telemetry sticky scale code
+#   bash scripts/bench.sh native size         # only some: native size workerd tail ofrep cold telemetry sticky scale live code
 #   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
 #
 # Sections (one function each):
+#   bench_live        live state (scripts/bench/live_state.py): bundle size now, the
+#                     time to swap the 5 MB state in inside workerd, and req/s
+#                     and p99 at 8 connections while the pointer flips, as
+#                     ratios to a run without swaps.
 #   bench_native      `cargo bench --bench resolve` (scripts/bench/resolve.rs): one
 #                     thread, no JSON/HTTP; Snapshot::load times; resolve
 #                     throughput for 1, 10 and all flags on the conformance,
@@ -968,6 +972,17 @@ bench_code() {
     fi
 }
 
+bench_live() {
+    # The bundle in build/ (what `wrangler dev` and the e2e tests run), a
+    # private wrangler dev via the e2e harness, and the 5 MB state.
+    gen_5mb_state
+    [ -f build/edgeflag-build.json ] || bash scripts/build-worker.sh >&2
+    cargo build --quiet --bin edgeflag
+    log "live: swap times and load with pointer flips (scripts/bench/live_state.py)"
+    .venv/bin/python scripts/bench/live_state.py --bundle build --state5 "$STATE_5MB" --account5 "$ACCOUNT_5MB" \
+        --seconds "${LIVE_SECONDS:-10}"
+}
+
 bench_scale() {
     echo "## Telemetry at scale (simulated)"
     echo
@@ -978,7 +993,7 @@ bench_scale() {
 
 # --- main ------------------------------------------------------------------------------------
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd tail ofrep cold telemetry sticky scale)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(native size workerd tail ofrep cold telemetry sticky scale live)
 echo "# edgeflag benchmarks ($(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
 echo
 echo "Machine: $(nproc) cores, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), load average $(cut -d' ' -f1-3 /proc/loadavg) at start."
@@ -996,7 +1011,8 @@ for s in "${SECTIONS[@]}"; do
         scale) bench_scale ;;
         tail) bench_tail ;;
         code) bench_code ;;
-        *) die "unknown section '$s' (native size workerd ofrep cold telemetry sticky scale tail code)" ;;
+        live) bench_live ;;
+        *) die "unknown section '$s' (native size workerd ofrep cold telemetry sticky scale live tail code)" ;;
     esac
 done
 log "done in $((SECONDS - T0))s"

@@ -29,6 +29,14 @@ fi
 # request, and the etag of the source file to serve (EDGEFLAG_STATE_ETAG):
 # the one `edgeflag validate` prints for it, however it was converted.
 src=${EDGEFLAG_STATE:-src/demo_state.json}
+if [ "$src" = none ]; then
+    # No embedded state: the Worker serves 503 until KV (or the CDN) gives
+    # it one. build.rs knows the value.
+    echo "build-worker: embedding no state (EDGEFLAG_STATE=none)"
+    export EDGEFLAG_STATE=none
+    unset EDGEFLAG_STATE_VALIDATED EDGEFLAG_STATE_ETAG
+    etag=none
+else
 echo "build-worker: embedding $src${EDGEFLAG_ACCOUNT:+ (account $EDGEFLAG_ACCOUNT)}"
 # The CLI is built without the build-time state, which it does not need.
 env -u EDGEFLAG_STATE -u EDGEFLAG_ACCOUNT -u EDGEFLAG_STATE_VALIDATED -u EDGEFLAG_STATE_ETAG \
@@ -62,9 +70,8 @@ case $format in
         # One file per source, so bundles of different states do not
         # overwrite each other's converted state.
         embedded=target/embedded-state/$(printf '%s' "$src" | cksum | cut -d' ' -f1).pb
-        # Converting is not byte-stable (protobuf maps encode in hash order),
-        # and new bytes rebuild the Worker: convert only when the source, the
-        # account or the converter changed.
+        # Converting is byte-stable (canonical encoding), but costs time:
+        # convert only when the source, the account or the converter changed.
         stamp="$etag ${EDGEFLAG_ACCOUNT-} $(cksum <"$cli")"
         if [ ! -f "$embedded" ] || [ "$(cat "$embedded.source" 2>/dev/null)" != "$stamp" ]; then
             rm -f "$embedded.source"
@@ -78,6 +85,7 @@ echo "build-worker: $src validated ($format, etag $etag); embedding $embedded"
 EDGEFLAG_STATE=$(realpath "$embedded")
 export EDGEFLAG_STATE EDGEFLAG_STATE_VALIDATED=$embedded_etag EDGEFLAG_STATE_ETAG=$etag
 [ -n "${EDGEFLAG_ACCOUNT+x}" ] && export EDGEFLAG_ACCOUNT
+fi
 
 out=${EDGEFLAG_OUT_DIR:-build}
 out=${out%/}

@@ -12,7 +12,7 @@ use crate::proto::resolver::{ApplyFlagsRequest, ResolveReason, ResolveTokenV1, S
 use crate::proto::wkt::Timestamp;
 use crate::resolve::{FlagResult, Resolution};
 use crate::state::snapshot::Credential;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 pub use flag_assigned::AppliedFlag;
 
@@ -52,7 +52,7 @@ fn assigned_flag(f: &FlagResult<'_, '_>) -> AssignedFlag {
 }
 
 /// The token's assignments: one per flag the client should apply.
-pub fn token_assignments(res: &Resolution<'_, '_>) -> HashMap<String, AssignedFlag> {
+pub fn token_assignments(res: &Resolution<'_, '_>) -> std::collections::BTreeMap<String, AssignedFlag> {
     res.flags.iter().filter(|f| f.should_apply()).map(|f| (f.flag.name().to_string(), assigned_flag(f))).collect()
 }
 

@@ -8,7 +8,9 @@
 //!   POST /v1/flags:resolve  -> worker::confidence::resolve
 //!        api::parse_resolve_request     JSON -> ResolveFlagsRequest
 //!        worker::flags::resolve_with    the one resolve path every protocol shares:
-//!          flags::snapshot              the validated state serving this isolate
+//!          flags::snapshot              the validated state serving this isolate, from
+//!                                       worker::state_source (STATE_KV pointer + blob, else
+//!                                       embedded; refreshed in wait_until; state::source verifies)
 //!          resolve::resolve             the pure core: targeting, bucketing, sticky
 //!          (sticky flags: worker::sticky_kv reads KV in the layout of
 //!           sticky_layout, then resolve again)
@@ -22,7 +24,7 @@
 //!   GET  /metrics           -> worker::metrics: METRICS_KV copy (?consistent=1: the
 //!                              aggregator), telemetry::render_prometheus
 //!   POST /v1/metrics:apply  -> worker::metrics -> the aggregator (METRICS_INGEST_TOKEN)
-//!   GET  /v1/state:etag, POST /v1/telemetry:upload, OPTIONS: worker/mod.rs
+//!   GET  /v1/state:etag, /readyz, /healthz, POST /v1/telemetry:upload, OPTIONS: worker/mod.rs
 //! worker::queue (worker/consumer.rs)   checkpoint metrics -> aggregator, then log delivery
 //! MetricsAggregator (worker/metrics_do.rs)  Durable Object, the one writer of the
 //!                              metrics: telemetry::apply_batch in one SQLite

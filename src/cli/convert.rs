@@ -3,6 +3,7 @@
 use super::{read_file, CliError, ConvertArgs, Io, Target};
 use crate::state::formats::{self, normalize_account};
 use crate::state::snapshot::Snapshot;
+use crate::state::source::{self, Pointer};
 
 pub(super) fn run(args: &ConvertArgs, io: &mut Io<'_>) -> Result<u8, CliError> {
     let a = &args.state;
@@ -47,6 +48,29 @@ pub(super) fn run(args: &ConvertArgs, io: &mut Io<'_>) -> Result<u8, CliError> {
             a.state.display(),
             if n == 1 { "" } else { "s" }
         );
+    }
+
+    if let Some(path) = &args.pointer {
+        if args.to != Target::Envelope {
+            return Err(CliError::Usage("--pointer needs --to envelope: KV holds envelopes".to_string()));
+        }
+        if output.len() > source::MAX_BLOB_BYTES {
+            return Err(CliError::Failed(format!(
+                "{} encodes to {} bytes; a KV value holds at most {} (25 MiB), so it cannot be pushed",
+                a.state.display(),
+                output.len(),
+                source::MAX_BLOB_BYTES
+            )));
+        }
+        let pushed_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| chrono::DateTime::from_timestamp(i64::try_from(d.as_secs()).ok()?, 0))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        let pointer = Pointer::for_blob(&output, account.as_deref().unwrap_or_default(), &pushed_at, "push");
+        std::fs::write(path, pointer.to_json() + "\n")
+            .map_err(|e| CliError::Failed(format!("cannot write pointer file {}: {e}", path.display())))?;
     }
 
     match &args.out {

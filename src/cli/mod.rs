@@ -105,7 +105,12 @@ Write a state in another encoding:
 
 Writes to --out, or to stdout (binary output is refused when stdout is a terminal).
 The state is converted even when it does not validate, so a rejected state can be
-turned into JSON to read; a note on stderr says so.")]
+turned into JSON to read; a note on stderr says so.
+
+Encodings are canonical: the same state always gives the same bytes (and etag).
+With --to envelope, --pointer PATH also writes the STATE_KV pointer JSON for the
+output ({etag, bytes, sha256, account, pushedAt, source}), and a state over KV's
+25 MiB value limit is refused (scripts/push-state.sh uses this).")]
     Convert(ConvertArgs),
 }
 
@@ -180,6 +185,10 @@ struct ConvertArgs {
     /// Output file (default: stdout).
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
+
+    /// With --to envelope: also write the STATE_KV pointer JSON for the output here.
+    #[arg(long, value_name = "PATH")]
+    pointer: Option<PathBuf>,
 }
 
 fn parse_state_format(s: &str) -> Result<StateFormat, String> {

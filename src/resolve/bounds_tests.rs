@@ -161,7 +161,7 @@ fn evaluation_past_the_depth_bound_is_an_error_without_recursing_further() {
     let mut leaves = 0;
     let r = targeting::eval_expression(
         &e,
-        &std::collections::HashMap::new(),
+        &Default::default(),
         &mut |_, _| {
             leaves += 1;
             Ok(targeting::Tri::True)
@@ -171,7 +171,7 @@ fn evaluation_past_the_depth_bound_is_an_error_without_recursing_further() {
     assert_eq!(r, Err(targeting::EvalError::Unrecognized), "an error, so the NOT above cannot invert it");
     assert_eq!(leaves, 0);
     // Iterative: measuring it does not recurse either.
-    assert_eq!(targeting::nesting_depth(&e, &std::collections::HashMap::new(), &mut |_| 0), 10_000);
+    assert_eq!(targeting::nesting_depth(&e, &Default::default(), &mut |_| 0), 10_000);
     // Dropping 10k nested boxes recurses in Drop; keep it off this thread's stack.
     std::mem::forget(e);
 }

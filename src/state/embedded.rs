@@ -10,6 +10,9 @@ use super::snapshot::{BitsetCheck, LoadError, LoadOptions, Snapshot};
 /// would otherwise spend most of the isolate's first request inflating
 /// segments that request never reads.
 pub fn load() -> Result<Snapshot, LoadError> {
+    if !EMBEDDED {
+        return Err(LoadError { problems: vec!["this build embeds no state (EDGEFLAG_STATE=none)".to_string()] });
+    }
     Snapshot::load_static(
         EMBEDDED_STATE,
         LoadOptions {
@@ -25,6 +28,10 @@ pub fn load() -> Result<Snapshot, LoadError> {
 mod tests {
     #[test]
     fn embedded_state_loads() {
+        if !super::EMBEDDED {
+            assert!(super::load().is_err(), "a build without a state serves none");
+            return;
+        }
         let snap = super::load().expect("embedded state is valid");
         if !super::EMBEDDED_PREVALIDATED {
             assert_eq!(snap.etag, super::super::snapshot::etag_of(super::EMBEDDED_STATE), "build.rs hashes alike");

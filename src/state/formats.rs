@@ -179,13 +179,14 @@ fn envelope_state(state: ResolverState, account: &str, log_destinations: Vec<i32
     }
 }
 
+/// Canonical bytes: the same state always gives the same bytes (and etag).
 pub fn encode_pb(state: &admin::ResolverState) -> Vec<u8> {
-    state.encode_to_vec()
+    super::canonical::encode(state)
 }
 
 pub fn encode_envelope(state: &admin::ResolverState, account_id: &str, log_destinations: &[i32]) -> Vec<u8> {
     ClientResolverState {
-        state: state.encode_to_vec().into(),
+        state: super::canonical::encode(state).into(),
         account: normalize_account(account_id),
         log_destinations: log_destinations.to_vec(),
     }

@@ -62,6 +62,29 @@ impl LiveState {
         snap
     }
 
+    /// Installs `snap` only if nothing serves yet (a cold isolate's
+    /// concurrent first loads: the first to finish wins, the others must
+    /// not replace a state a refresh may already have moved past). Returns
+    /// what serves afterwards.
+    pub fn install_first(&self, snap: Snapshot) -> Arc<Snapshot> {
+        let snap = Arc::new(snap);
+        let prev = self.current.compare_and_swap(&None::<Arc<Snapshot>>, Some(snap.clone()));
+        match &*prev {
+            Some(existing) => existing.clone(),
+            None => {
+                self.last_error.store(None);
+                self.loads.fetch_add(1, Ordering::Relaxed);
+                snap
+            }
+        }
+    }
+
+    /// Records a failed load; the serving state (if any) stays.
+    pub fn record_failure(&self, e: LoadError) {
+        self.load_failures.fetch_add(1, Ordering::Relaxed);
+        self.last_error.store(Some(Arc::new(e)));
+    }
+
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
     }
@@ -81,7 +104,9 @@ mod tests {
     use super::*;
 
     fn demo() -> Snapshot {
-        super::super::embedded::load().expect("embedded state")
+        // The demo state itself, not the embedded one: an EDGEFLAG_STATE=none
+        // build embeds nothing.
+        Snapshot::load(include_bytes!("../demo_state.json"), None, None).expect("demo state")
     }
 
     #[test]
@@ -103,6 +128,18 @@ mod tests {
         live.get_or_load(|| Ok(demo())).expect("retried");
         assert!(live.last_error().is_none());
         assert_eq!(live.load_counts(), (1, 1));
+    }
+
+    #[test]
+    fn a_first_install_never_replaces_a_serving_state() {
+        let live = LiveState::new();
+        let mut first = demo();
+        first.etag = "first".into();
+        assert_eq!(live.install_first(first).etag, "first");
+        let mut late = demo();
+        late.etag = "late".into();
+        assert_eq!(live.install_first(late).etag, "first", "a late cold load loses");
+        assert_eq!(live.load_counts(), (1, 0));
     }
 
     #[test]

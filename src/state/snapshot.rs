@@ -181,6 +181,11 @@ pub struct Snapshot {
     pub stats: Stats,
     /// Oddities that do not stop the state from serving correctly.
     pub warnings: Vec<String>,
+    /// Where the serving isolate got it (`kv`, `embedded`, ...); set by
+    /// the loader, empty until then.
+    pub source: String,
+    /// When it was installed (epoch ms; 0 until then).
+    pub loaded_at_ms: u64,
 }
 
 impl Snapshot {
@@ -396,6 +401,8 @@ impl Snapshot {
             format: StateFormat::Protobuf,
             stats,
             warnings,
+            source: String::new(),
+            loaded_at_ms: 0,
         })
     }
 

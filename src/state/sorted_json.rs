@@ -11,7 +11,7 @@ use crate::proto::types::{flag_schema, FlagSchema};
 use crate::proto::wkt::{value::Kind, Struct, Value};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::BTreeMap as HashMap;
 
 /// A variant value (`google.protobuf.Struct`), keys sorted at every depth.
 pub struct SortedStruct<'a>(pub &'a Struct);
@@ -24,12 +24,12 @@ struct SortedSchema<'a>(&'a FlagSchema);
 struct SortedListSchema<'a>(&'a flag_schema::ListFlagSchema);
 struct SortedSchemaFields<'a>(&'a HashMap<String, FlagSchema>);
 
-fn sorted_map<'a, S: Serializer, V, W: Serialize>(
+fn sorted_map<'a, S: Serializer, V: 'a, W: Serialize>(
     ser: S,
-    map: &'a HashMap<String, V>,
+    map: impl IntoIterator<Item = (&'a String, &'a V)>,
     view: impl Fn(&'a V) -> W,
 ) -> Result<S::Ok, S::Error> {
-    let mut entries: Vec<(&String, &V)> = map.iter().collect();
+    let mut entries: Vec<(&String, &V)> = map.into_iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut out = ser.serialize_map(Some(entries.len()))?;
     for (k, v) in entries {

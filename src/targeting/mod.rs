@@ -13,7 +13,7 @@ pub mod values;
 pub use attribute::{attribute_matches, lookup};
 
 use crate::proto::types::{expression, targeting::Criterion, Expression};
-use std::collections::HashMap;
+use std::collections::BTreeMap as HashMap;
 
 /// Three-valued truth: `Unknown` appears only while discovering which
 /// sticky assignments a resolve needs to read.

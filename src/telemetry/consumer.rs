@@ -305,6 +305,8 @@ pub struct MetricsSnapshot {
     pub dropped: Dropped,
     /// Sticky-assignment reads that failed (their flags resolved as errors).
     pub sticky_read_failures: u64,
+    /// State load attempts by source, then result.
+    pub state_loads: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl MetricsSnapshot {
@@ -364,6 +366,10 @@ impl MetricsSnapshot {
         d.checkpoints = d.checkpoints.saturating_add(c.dropped_checkpoints);
         d.unattributed = d.unattributed.saturating_add(c.unattributed);
         s.sticky_read_failures = s.sticky_read_failures.saturating_add(c.sticky_read_failures);
+        for l in &c.state_loads {
+            let n = s.state_loads.entry(l.source.clone()).or_default().entry(l.result.clone()).or_default();
+            *n = n.saturating_add(l.count);
+        }
     }
 }
 
@@ -454,6 +460,19 @@ pub fn render_prometheus(s: &MetricsSnapshot) -> String {
         "Sticky-assignment KV reads (per unit and materialization) that failed or timed out; their flags resolved as RESOLVE_REASON_ERROR.",
         s.sticky_read_failures,
     );
+    if s.state_loads.values().any(|m| !m.is_empty()) {
+        header(&mut o, "edgeflag_state_loads_total", "Flag-state load attempts, by source and result.", "counter");
+        for (source, by_result) in &s.state_loads {
+            for (result, n) in by_result {
+                let _ = writeln!(
+                    o,
+                    "edgeflag_state_loads_total{{source=\"{}\",result=\"{}\"}} {n}",
+                    escape(source),
+                    escape(result)
+                );
+            }
+        }
+    }
     header(&mut o, "edgeflag_dropped_total", "Telemetry items producers gave up on, by kind.", "counter");
     let d = &s.dropped;
     for (what, n) in [

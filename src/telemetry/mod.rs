@@ -74,6 +74,7 @@ use crate::proto::resolver::{sdk, ResolveReason, Sdk, TelemetryData, WriteFlagLo
 use crate::proto::wkt::Struct;
 use crate::resolve::Resolution;
 use crate::state::snapshot::Snapshot;
+use crate::state::source::{LoadResult, LoadSource};
 use assign_log::{entry_size, split_by, AssignLogger};
 use crossbeam_queue::SegQueue;
 use histogram::{AtomicHistogram, Histogram, LN_RATIO};
@@ -165,6 +166,8 @@ pub struct Telemetry {
     sends_failed: AtomicU64,
     dropped_checkpoints: AtomicU64,
     sticky_read_failures: AtomicU64,
+    /// By load source, then result.
+    state_loads: [[AtomicU64; LoadResult::ALL.len()]; LoadSource::ALL.len()],
     retry: SegQueue<Checkpoint>,
     retry_bytes: AtomicU64,
     /// Set after every record, cleared by a checkpoint before it drains.
@@ -201,6 +204,7 @@ impl Telemetry {
             sends_failed: AtomicU64::new(0),
             dropped_checkpoints: AtomicU64::new(0),
             sticky_read_failures: AtomicU64::new(0),
+            state_loads: [const { [const { AtomicU64::new(0) }; LoadResult::ALL.len()] }; LoadSource::ALL.len()],
             retry: SegQueue::new(),
             retry_bytes: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
@@ -262,6 +266,16 @@ impl Telemetry {
             self.sticky_read_failures.fetch_add(n, Ordering::Relaxed);
             self.touch();
         }
+    }
+
+    /// One state load attempt (`edgeflag_state_loads_total`).
+    pub fn record_state_load(&self, source: LoadSource, result: LoadResult) {
+        let row = LoadSource::ALL.iter().position(|s| *s == source);
+        let col = LoadResult::ALL.iter().position(|r| *r == result);
+        if let Some(c) = row.zip(col).and_then(|(r, c)| self.state_loads.get(r).and_then(|row| row.get(c))) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.touch();
     }
 
     pub fn record_latency_us(&self, micros: u32) {
@@ -441,6 +455,7 @@ impl Telemetry {
             dropped_checkpoints: take(&self.dropped_checkpoints),
             unattributed: drained.unattributed,
             sticky_read_failures: take(&self.sticky_read_failures),
+            state_loads: self.take_state_loads(),
             ..Default::default()
         };
         let fresh = counters != ef::Counters::default()
@@ -516,6 +531,23 @@ impl Telemetry {
                 packer.add(w, |r| r.flag_assigned.push(p));
             }
         }
+    }
+
+    fn take_state_loads(&self) -> Vec<ef::StateLoadCount> {
+        let mut out = Vec::new();
+        for (source, row) in LoadSource::ALL.iter().zip(&self.state_loads) {
+            for (result, c) in LoadResult::ALL.iter().zip(row) {
+                let count = take(c);
+                if count > 0 {
+                    out.push(ef::StateLoadCount {
+                        source: source.as_str().to_string(),
+                        result: result.as_str().to_string(),
+                        count,
+                    });
+                }
+            }
+        }
+        out
     }
 
     fn take_requests(&self) -> Vec<ef::RequestCount> {

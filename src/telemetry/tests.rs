@@ -288,6 +288,27 @@ fn sticky_read_failures_reach_the_metrics() {
 }
 
 #[test]
+fn state_loads_reach_the_metrics_by_source_and_result() {
+    use crate::state::source::{LoadResult, LoadSource};
+    let t = Telemetry::new();
+    t.record_state_load(LoadSource::Kv, LoadResult::Ok);
+    t.record_state_load(LoadSource::Kv, LoadResult::MissingBlob);
+    t.record_state_load(LoadSource::Kv, LoadResult::MissingBlob);
+    t.record_state_load(LoadSource::Embedded, LoadResult::Ok);
+    let cps = t.checkpoint(10, ISOLATE);
+    assert_eq!(cps.len(), 1);
+    let decoded = decode_message(&cps[0].encode()).expect("decodes");
+    let mut m = MetricsSnapshot::default();
+    let mut dedup = aggregator::MemoryDedup::default();
+    assert!(aggregator::apply(&mut m, &mut dedup, &decoded, 10));
+    let text = render_prometheus(&MetricsSnapshot::from_json(&m.to_json()));
+    assert!(text.contains("\nedgeflag_state_loads_total{source=\"kv\",result=\"missing_blob\"} 2\n"), "{text}");
+    assert!(text.contains("\nedgeflag_state_loads_total{source=\"kv\",result=\"ok\"} 1\n"), "{text}");
+    assert!(text.contains("\nedgeflag_state_loads_total{source=\"embedded\",result=\"ok\"} 1\n"), "{text}");
+    assert!(t.checkpoint(20, ISOLATE).is_empty(), "taken once");
+}
+
+#[test]
 fn throttled_sends_back_off_and_recover() {
     let t = Telemetry::new();
     t.set_flush_interval_ms(500);

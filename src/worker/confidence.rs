@@ -39,7 +39,7 @@ pub async fn resolve(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Respons
 /// `POST /v1/flags:apply`.
 pub async fn apply(body: Vec<u8>, call: &Call<'_>) -> Result<::worker::Response, ApiError> {
     let req = api::parse_apply_request(&body)?;
-    let snap = flags::snapshot()?;
+    let snap = flags::snapshot(call).await?;
     let credential = snap
         .credential(&req.client_secret)
         .ok_or_else(|| ApiError::from(resolve::ResolveError::UnknownClientSecret))?;

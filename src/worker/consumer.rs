@@ -13,7 +13,7 @@
 //! aggregator cannot be reached, nothing is delivered and the whole batch
 //! is retried.
 
-use super::{flags, metrics_do, runtime};
+use super::{metrics_do, runtime, state_source};
 use crate::proto::admin::resolver_state::LogDestination;
 use crate::proto::edgeflag::v1 as ef;
 use crate::proto::resolver::WriteFlagLogsRequest;
@@ -58,7 +58,7 @@ fn destinations(env: &Env) -> Vec<Destination> {
     if let Some(url) = runtime::config(env, "FLAG_LOGS_ENDPOINT").filter(|u| !u.trim().is_empty()) {
         return vec![Destination::Json { name: "endpoint", url: url.trim().to_string() }];
     }
-    let configured = flags::snapshot().map(|s| s.log_destinations.clone()).unwrap_or_default();
+    let configured = state_source::current().map(|s| s.log_destinations.clone()).unwrap_or_default();
     let list = if configured.is_empty() { vec![LogDestination::SpotifyEdge as i32] } else { configured };
     list.into_iter()
         .take(2)
@@ -85,6 +85,8 @@ async fn yield_now() {
 }
 
 pub async fn consume(batch: MessageBatch<serde_json::Value>, env: Env, _ctx: Context) -> ::worker::Result<()> {
+    // The account and log destinations come from the serving state.
+    let _ = state_source::for_background(&env).await;
     // (message, checkpoint, encoded size). Decoding yields every
     // DECODE_SLICE_BYTES: a full batch is about 12 MB of protobuf, and this
     // isolate serves requests in between.
@@ -242,7 +244,7 @@ async fn send(
             (url.as_str(), serde_json::to_vec(logs).map_err(|e| (false, e.to_string()))?, "application/json")
         }
         Destination::Ingest { url } => {
-            let account_id = flags::snapshot().map(|s| s.account_id.clone()).unwrap_or_default();
+            let account_id = state_source::current().map(|s| s.account_id.clone()).unwrap_or_default();
             let batch = prost::Message::encode_to_vec(logs);
             (
                 url.as_str(),

@@ -1,5 +1,5 @@
-//! The one place that knows where states come from ([`snapshot`]) and the
-//! one resolve path every protocol shares ([`resolve_with`]). Protocol
+//! The serving snapshot of a request ([`snapshot`], from `state_source`) and
+//! the one resolve path every protocol shares ([`resolve_with`]). Protocol
 //! modules (`confidence`, `ofrep`) only parse their request and write
 //! their response. Each resolve runs in one synchronous stretch (resolve,
 //! write the response, record telemetry); the only awaits before it are
@@ -13,39 +13,12 @@ use crate::exposure;
 use crate::proto::resolver::Sdk;
 use crate::proto::wkt::Struct;
 use crate::resolve::{self, sticky::Sticky, Resolution};
-use crate::state::embedded;
-use crate::state::live::LiveState;
 use crate::state::snapshot::Snapshot;
 use std::sync::Arc;
 
-/// The state this isolate serves.
-static STATE: LiveState = LiveState::new();
-
-/// The serving snapshot, loading (and logging) the embedded state on first
-/// use. A state that fails validation serves nothing: 503, never half.
-pub fn snapshot() -> Result<Arc<Snapshot>, ApiError> {
-    STATE
-        .get_or_load(|| {
-            let (ok, failed) = STATE.load_counts();
-            let n = ok + failed + 1;
-            let result = embedded::load();
-            match &result {
-                Ok(s) => ::worker::console_log!(
-                    "edgeflag: state load #{n}: {} ({}, {} bytes, {} flags, {} segments, etag {})",
-                    embedded::EMBEDDED_SOURCE,
-                    s.format,
-                    s.stats.bytes,
-                    s.stats.flags,
-                    s.stats.segments,
-                    s.etag
-                ),
-                Err(e) => {
-                    ::worker::console_error!("edgeflag: state load #{n}: {} rejected: {e}", embedded::EMBEDDED_SOURCE)
-                }
-            }
-            result
-        })
-        .map_err(|_| ApiError::new(503, "UNAVAILABLE", "no valid flag state is loaded; see the worker logs"))
+/// The snapshot this request uses for everything (see `state_source`).
+pub async fn snapshot(call: &Call<'_>) -> Result<Arc<Snapshot>, ApiError> {
+    super::state_source::snapshot(call.env, call.ctx).await
 }
 
 static EMPTY: std::sync::OnceLock<Struct> = std::sync::OnceLock::new();
@@ -105,7 +78,7 @@ async fn resolve_inner<R>(
     started: f64,
     write: impl FnOnce(&Resolved<'_, '_, '_>) -> Result<Written<R>, ApiError>,
 ) -> Result<R, ApiError> {
-    let snap = snapshot()?;
+    let snap = snapshot(call).await?;
     let request = resolve::Request { flags: ask.flags, context: ask.context, client_secret: ask.client_secret };
     let sticky = runtime::sticky_bound(call.env);
 

@@ -13,11 +13,11 @@ use super::http::{self, ApiError};
 use super::{flags, metrics_do, runtime, Call};
 use subtle::ConstantTimeEq;
 
-fn authorized(call: &Call<'_>) -> Result<bool, ApiError> {
+async fn authorized(call: &Call<'_>) -> Result<bool, ApiError> {
     let header = call.headers.get("Authorization").ok().flatten().unwrap_or_default();
     let header = header.trim();
     if let Some(secret) = header.strip_prefix("ClientSecret ") {
-        return Ok(flags::snapshot()?.has_secret(secret.trim()));
+        return Ok(flags::snapshot(call).await?.has_secret(secret.trim()));
     }
     if let Some(token) = header.strip_prefix("Bearer ") {
         if let Some(expected) = runtime::config(call.env, "METRICS_TOKEN").filter(|t| !t.is_empty()) {
@@ -28,7 +28,7 @@ fn authorized(call: &Call<'_>) -> Result<bool, ApiError> {
 }
 
 pub async fn get(call: &Call<'_>, consistent: bool) -> Result<::worker::Response, ApiError> {
-    if !authorized(call)? {
+    if !authorized(call).await? {
         let err = ApiError::new(
             401,
             "UNAUTHENTICATED",

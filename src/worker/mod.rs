@@ -9,6 +9,8 @@
 //! | `POST /v1/flags:apply`       | [`handle_apply`]         |
 //! | `POST /v1/telemetry:upload`  | [`handle_telemetry`]     |
 //! | `GET  /v1/state:etag`        | [`handle_state_etag`]    |
+//! | `GET  /readyz`               | [`handle_readyz`]        |
+//! | `GET  /healthz`              | [`handle_healthz`]       |
 //! | `GET  /metrics`              | [`handle_metrics`]       |
 //! | `POST /v1/metrics:apply`     | [`handle_metrics_apply`] |
 //! | `POST /ofrep/v1/evaluate/flags/{key}` | [`handle_ofrep_evaluate`] |
@@ -28,6 +30,7 @@ mod metrics;
 mod metrics_do;
 mod ofrep;
 mod runtime;
+mod state_source;
 mod sticky_kv;
 mod telemetry;
 
@@ -73,13 +76,73 @@ pub async fn handle_telemetry(req_body: Vec<u8>, call: &Call<'_>) -> Result<Resp
     json_response(200, b"{}".to_vec())
 }
 
-/// `GET /v1/state:etag`: which state and which build answer here.
+/// `GET /v1/state:etag`: which state serves here, from where, since when,
+/// and how long ago its source last confirmed it.
 pub async fn handle_state_etag(call: &Call<'_>) -> Result<Response, ApiError> {
+    let snap = flags::snapshot(call).await?;
+    let now = runtime::now_ms().max(0.0) as u64;
+    let confirmed = state_source::confirmed_ms();
+    let body = serde_json::json!({
+        "etag": snap.etag,
+        "version": env!("CARGO_PKG_VERSION"),
+        "source": snap.source,
+        "loadedAt": rfc3339(snap.loaded_at_ms),
+        "confirmedAt": rfc3339(confirmed),
+        "ageSeconds": now.saturating_sub(confirmed) / 1000,
+    });
+    let resp = json_response(200, body.to_string().into_bytes())?;
+    flags::set_state_etag(&resp, &snap.etag)?;
+    Ok(resp)
+}
+
+fn rfc3339(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// `GET /readyz`: 200 once a valid state serves (the same swap that
+/// installs it flips this), 503 with a JSON reason before, and, with
+/// `MAX_STATE_AGE_SECONDS`, while the serving state's source has not
+/// confirmed it for longer than that. A failed load alone never makes a
+/// ready isolate unready.
+pub async fn handle_readyz(call: &Call<'_>) -> Result<Response, ApiError> {
+    let not_ready = |reason: String| {
+        let body = serde_json::json!({ "ready": false, "reason": reason });
+        json_response(503, body.to_string().into_bytes())
+    };
+    let snap = match flags::snapshot(call).await {
+        Ok(s) => s,
+        Err(e) => return not_ready(e.message),
+    };
+    let now = runtime::now_ms().max(0.0) as u64;
+    let age_s = now.saturating_sub(state_source::confirmed_ms()) / 1000;
+    let max_age = runtime::config(call.env, "MAX_STATE_AGE_SECONDS").and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(max) = max_age.filter(|&m| age_s > m) {
+        let last = state_source::last_error().unwrap_or_default();
+        return not_ready(format!(
+            "state {} was last confirmed by its source {age_s} s ago (MAX_STATE_AGE_SECONDS={max}); last error: {last}",
+            snap.etag
+        ));
+    }
+    let body = serde_json::json!({ "ready": true, "etag": snap.etag, "source": snap.source, "ageSeconds": age_s });
+    let resp = json_response(200, body.to_string().into_bytes())?;
+    flags::set_state_etag(&resp, &snap.etag)?;
+    Ok(resp)
+}
+
+/// `GET /healthz`: 200 while the isolate runs, whatever its state; names
+/// the bundle's embedded state.
+pub async fn handle_healthz(call: &Call<'_>) -> Result<Response, ApiError> {
     let _ = call;
-    // The etag of the snapshot this isolate serves: the same one the
-    // resolves it answers are computed from.
-    let snap = flags::snapshot()?;
-    let body = serde_json::json!({ "etag": snap.etag, "version": env!("CARGO_PKG_VERSION") });
+    let body = serde_json::json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "embeddedEtag": crate::state::embedded::EMBEDDED_ETAG,
+        "serving": state_source::current().map(|s| s.etag.clone()),
+    });
     json_response(200, body.to_string().into_bytes())
 }
 
@@ -100,12 +163,21 @@ async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, ctx: Context) -
     consumer::consume(batch, env, ctx).await
 }
 
+/// The cron tick (`[triggers] crons` in wrangler.toml): the Confidence CDN
+/// state source, when `CONFIDENCE_CLIENT_SECRET` is set.
+#[event(scheduled)]
+async fn scheduled(_event: ::worker::ScheduledEvent, env: Env, _ctx: ::worker::ScheduleContext) {
+    state_source::cdn_tick(&env).await;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {
     Resolve,
     Apply,
     TelemetryUpload,
     StateEtag,
+    Readyz,
+    Healthz,
     Metrics,
     MetricsApply,
     OfrepEvaluate,
@@ -119,6 +191,8 @@ impl Route {
             "/v1/flags:apply" => Route::Apply,
             "/v1/telemetry:upload" => Route::TelemetryUpload,
             "/v1/state:etag" => Route::StateEtag,
+            "/readyz" => Route::Readyz,
+            "/healthz" => Route::Healthz,
             "/metrics" => Route::Metrics,
             "/v1/metrics:apply" => Route::MetricsApply,
             ofrep::BULK_PATH => Route::OfrepBulk,
@@ -136,7 +210,7 @@ impl Route {
             | Route::MetricsApply
             | Route::OfrepEvaluate
             | Route::OfrepBulk => "POST",
-            Route::StateEtag | Route::Metrics => "GET",
+            Route::StateEtag | Route::Readyz | Route::Healthz | Route::Metrics => "GET",
         }
     }
 
@@ -170,7 +244,7 @@ fn telemetry_route(req: &Request) -> crate::telemetry::Route {
         Some(Route::Metrics) => T::Metrics,
         Some(Route::OfrepEvaluate) => T::OfrepEvaluate,
         Some(Route::OfrepBulk) => T::OfrepBulk,
-        Some(Route::MetricsApply) | None => T::Other,
+        Some(Route::MetricsApply | Route::Readyz | Route::Healthz) | None => T::Other,
     }
 }
 
@@ -218,6 +292,8 @@ async fn dispatch(req: &Request, env: &Env, ctx: &Context) -> Result<Response, A
         Route::Apply => handle_apply(body, &call).await,
         Route::TelemetryUpload => handle_telemetry(body, &call).await,
         Route::StateEtag => handle_state_etag(&call).await,
+        Route::Readyz => handle_readyz(&call).await,
+        Route::Healthz => handle_healthz(&call).await,
         Route::Metrics => {
             let consistent = req
                 .url()

@@ -31,7 +31,7 @@ const BULK_MAX: usize = 100;
 /// [`ATTEMPT_TIMEOUT_MS`] or at `deadline_ms` (epoch ms), whichever is
 /// first; no retry without time left, so a failing KV never holds the
 /// request up for long.
-async fn bounded<T, F, Fut>(what: &str, deadline_ms: f64, mut call: F) -> Result<T, String>
+pub(super) async fn bounded<T, F, Fut>(what: &str, deadline_ms: f64, mut call: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ::worker::kv::KvError>>,

@@ -84,6 +84,10 @@ pub fn sticky_read_failures(n: usize) {
     TELEMETRY.record_sticky_read_failures(n as u64);
 }
 
+pub fn state_load(source: crate::state::source::LoadSource, result: crate::state::source::LoadResult) {
+    TELEMETRY.record_state_load(source, result);
+}
+
 pub fn request(route: Route, status: u16) {
     TELEMETRY.record_request(route, status);
 }
@@ -112,34 +116,51 @@ pub fn schedule_flush(env: &::worker::Env, ctx: &::worker::Context) {
         if due > now {
             Delay::from(Duration::from_millis(due - now)).await;
         }
-        let mut throttled = false;
-        for cp in TELEMETRY.checkpoint(runtime::now_ms() as u64, isolate_id()) {
-            if throttled {
-                // The Queue is over its rate: keep the rest for later.
+        send(&queue).await;
+    });
+}
+
+/// Outside a request (the cron tick): checkpoints and sends now, awaited.
+pub async fn flush_now(env: &::worker::Env) {
+    configure(env);
+    let now = runtime::now_ms() as u64;
+    if !TELEMETRY.has_pending() || !TELEMETRY.try_claim_flush(now) {
+        return;
+    }
+    match env.queue(&queue_binding(env)) {
+        Ok(queue) => send(&queue).await,
+        Err(_) => TELEMETRY.release_flush(),
+    }
+}
+
+async fn send(queue: &::worker::Queue) {
+    let mut throttled = false;
+    for cp in TELEMETRY.checkpoint(runtime::now_ms() as u64, isolate_id()) {
+        if throttled {
+            // The Queue is over its rate: keep the rest for later.
+            TELEMETRY.restore(cp);
+            continue;
+        }
+        let bytes = cp.encode();
+        let body = js_sys::Uint8Array::from(bytes.as_slice());
+        let msg = RawMessageBuilder::new(body.into()).build_with_content_type(QueueContentType::V8);
+        match queue.send_raw(msg).await {
+            Ok(()) => TELEMETRY.record_queue_send(true),
+            Err(e) => {
+                let why = e.to_string();
+                TELEMETRY.record_queue_send(false);
                 TELEMETRY.restore(cp);
-                continue;
-            }
-            let bytes = cp.encode();
-            let body = js_sys::Uint8Array::from(bytes.as_slice());
-            let msg = RawMessageBuilder::new(body.into()).build_with_content_type(QueueContentType::V8);
-            match queue.send_raw(msg).await {
-                Ok(()) => TELEMETRY.record_queue_send(true),
-                Err(e) => {
-                    let why = e.to_string();
-                    TELEMETRY.record_queue_send(false);
-                    TELEMETRY.restore(cp);
-                    if telemetry::is_throttled(&why) {
-                        throttled = true;
-                        TELEMETRY.record_queue_throttled();
-                        ::worker::console_warn!(
-                            "edgeflag: queue throttled, kept for the next flush; interval now {} ms",
-                            TELEMETRY.flush_interval_ms()
-                        );
-                    } else {
-                        ::worker::console_error!("edgeflag: queue send failed, kept for the next flush: {why}");
-                    }
+                if telemetry::is_throttled(&why) {
+                    throttled = true;
+                    TELEMETRY.record_queue_throttled();
+                    ::worker::console_warn!(
+                        "edgeflag: queue throttled, kept for the next flush; interval now {} ms",
+                        TELEMETRY.flush_interval_ms()
+                    );
+                } else {
+                    ::worker::console_error!("edgeflag: queue send failed, kept for the next flush: {why}");
                 }
             }
         }
-    });
+    }
 }

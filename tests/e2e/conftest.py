@@ -251,12 +251,13 @@ def write_config(dest: Path, bundle: Bundle, edit: Callable[[str], str] | None =
 
 
 def _serves(port: int, expect_etag: str) -> str | None:
-    """None when http://127.0.0.1:`port` serves this bundle's state etag,
-    else why not."""
+    """None when http://127.0.0.1:`port` runs this bundle (its /healthz
+    names the bundle's embedded state etag, whatever state serves: a
+    pushed one, or none yet), else why not."""
     try:
         # requests.get opens (and closes) a connection of its own.
-        r = requests.get(f"http://127.0.0.1:{port}/v1/state:etag", timeout=2)
-        etag = r.json().get("etag") if r.status_code == 200 else None
+        r = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        etag = r.json().get("embeddedEtag") if r.status_code == 200 else None
     except (requests.RequestException, ValueError, AttributeError) as e:
         return f":{port}: {e}"
     return None if etag == expect_etag else f":{port}: HTTP {r.status_code} {r.text[:120]!r}"
@@ -359,7 +360,9 @@ def launch_worker(
             "--persist-to", str(state_dir),
             "--env-file", str(env_file),
             "--show-interactive-dev-session=false",
-            "--log-level", "info",
+            # /cdn-cgi/handler/scheduled runs a cron tick on demand.
+            "--test-scheduled",
+            "--log-level", "log",  # console.log lines too (state loads)
         ]
         for k, v in vars.items():
             cmd += ["--var", f"{k}:{v}"]

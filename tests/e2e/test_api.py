@@ -703,7 +703,8 @@ def test_telemetry_upload(http: requests.Session, worker: Worker) -> None:
 def test_state_etag(http: requests.Session, worker: Worker, no_force: Worker) -> None:
     bodies = [http.get(worker.url("/v1/state:etag"), timeout=REQUEST_TIMEOUT).json() for _ in range(3)]
     bodies.append(http.get(no_force.url("/v1/state:etag"), timeout=REQUEST_TIMEOUT).json())
-    assert all(set(b) == {"etag", "version"} for b in bodies), bodies
+    keys = {"etag", "version", "source", "loadedAt", "confirmedAt", "ageSeconds"}
+    assert all(set(b) == keys and b["source"] == "embedded" for b in bodies), bodies
     etag = bodies[0]["etag"]
     assert re.fullmatch(r"[0-9a-f]{32}", etag), etag
     # Same state, same etag: across calls and across instances ...

@@ -23,7 +23,8 @@ def test_state_etag_shape(http: requests.Session, base_url: str) -> None:
     assert resp.status_code == 200, resp.text
     assert resp.headers["Content-Type"].startswith("application/json")
     body = resp.json()
-    assert set(body) == {"etag", "version"}, body
+    assert set(body) == {"etag", "version", "source", "loadedAt", "confirmedAt", "ageSeconds"}, body
+    assert body["source"] == "embedded", body
     assert isinstance(body["etag"], str) and body["etag"].strip(), body
     assert body["version"] == CRATE_VERSION
     assert_cors(resp)
