@@ -29,14 +29,17 @@ Fixtures:
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import tomllib
@@ -62,22 +65,57 @@ REQUEST_TIMEOUT = 10
 DEFAULT_SECRETS = {"RESOLVE_TOKEN_KEY": base64.b64encode(os.urandom(32)).decode()}
 
 
-# Ports handed out this session: instances started in parallel threads
-# must not be given the same free port before either has bound it.
-_PORTS_GIVEN: set[int] = set()
+# Ports for wrangler's --port/--inspector-port. A port the kernel picks for
+# bind(0) is an ephemeral one, which it may hand to anyone else's bind(0) or
+# outgoing connection (every workerd binds its sockets that way) before
+# wrangler binds it: that collision once failed a start. So ports come from
+# below the ephemeral range, are checked bindable, and are reserved for the
+# session with a lock file that other sessions on this machine respect.
+_PORT_LOCK_DIR = Path(tempfile.gettempdir()) / "edgeflag-e2e-ports"
+_PORTS_HELD: dict[int, int] = {}  # port -> fd of its lock file, held until exit
 _PORTS_LOCK = threading.Lock()
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def free_port() -> int:
+    """A loopback port no other process is using or will be given by the
+    kernel, and no other e2e session on this machine holds."""
+    hi = min(_ephemeral_start(), 65536) - 1
+    lo = 10000 if hi > 12000 else 1024
+    _PORT_LOCK_DIR.mkdir(exist_ok=True)
+    rng = random.Random()
     with _PORTS_LOCK:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in _PORTS_GIVEN:
-                _PORTS_GIVEN.add(port)
-                return port
-    raise RuntimeError("no free port not already handed out")
+        for _ in range(500):
+            port = rng.randint(lo, hi)
+            if port in _PORTS_HELD:
+                continue
+            fd = os.open(_PORT_LOCK_DIR / str(port), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # another session holds it
+            if not _bindable(port):
+                os.close(fd)
+                continue
+            _PORTS_HELD[port] = fd
+            return port
+    raise RuntimeError(f"no free loopback port in {lo}-{hi} after 500 tries")
 
 
 def port_open(port: int) -> bool:
@@ -164,9 +202,10 @@ class Worker:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self) -> None:
+    def stop(self, check_ports: bool = True) -> None:
         """Stops the whole process group (npx/node/workerd) and checks that
-        nothing is left listening on its ports."""
+        nothing is left listening on its ports (unless `check_ports` is
+        false: a start that lost its port to another process)."""
         if self.proc.poll() is None:
             for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5)):
                 try:
@@ -188,10 +227,10 @@ class Worker:
             time.sleep(0.1)
         if survivors:
             raise RuntimeError(f"processes {survivors} of group {self.proc.pid} survived SIGKILL")
-        while time.monotonic() < deadline and (port_open(self.port) or port_open(self.inspector_port)):
+        while check_ports and time.monotonic() < deadline and (port_open(self.port) or port_open(self.inspector_port)):
             time.sleep(0.2)
         leftover = [p for p in (self.port, self.inspector_port) if port_open(p)]
-        if leftover:
+        if leftover and check_ports:
             raise RuntimeError(f"wrangler dev stopped but ports {leftover} still listen")
 
 
@@ -398,8 +437,9 @@ def launch_worker(
             _launched.append(worker)
             return worker
         except RuntimeError:
-            worker.stop()
-            if attempt == 2 or "address already in use" not in worker.log_tail().lower():
+            taken = "address already in use" in worker.log_tail().lower()
+            worker.stop(check_ports=not taken)  # a taken port listens for someone else
+            if attempt == 2 or not taken:
                 raise
     raise AssertionError("unreachable")
 
