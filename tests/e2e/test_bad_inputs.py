@@ -22,13 +22,11 @@ import os
 import select
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -51,6 +49,7 @@ from conftest import (
     random_token_key,
     secret_forms,
 )
+from test_telemetry import Sink
 
 MAX_BODY_BYTES = 256 * 1024  # crate::api::MAX_BODY_BYTES
 WELCOME = "flags/welcome-banner"
@@ -249,52 +248,6 @@ CATALOGUE: list[Case] = [
     C("resolve-put", "PUT", R, JSON, b"{}", 405, "METHOD_NOT_ALLOWED"),
     C("apply-patch", "PATCH", A, JSON, b"{}", 405, "METHOD_NOT_ALLOWED"),
 ]  # fmt: skip
-
-
-# --- A flag-log sink -------------------------------------------------------------------
-
-
-class Sink:
-    """A flag-log endpoint on 127.0.0.1 that records every request (headers and body)."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if 0 < length <= 50_000_000 else b""
-                with sink._lock:
-                    sink.received.append((str(self.headers), body))
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/clientFlagLogs:write"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
-
-    def bodies(self) -> list[bytes]:
-        with self._lock:
-            return [b for _, b in self.received]
-
-    def headers(self) -> list[str]:
-        with self._lock:
-            return [h for h, _ in self.received]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(10)
 
 
 # --- The instance -----------------------------------------------------------------------

@@ -61,6 +61,7 @@ class Post:
     path: str
     content_type: str
     body: bytes
+    headers: str  # every request header, as received
 
 
 class Sink:
@@ -78,7 +79,7 @@ class Sink:
                 body = self._read_body()
                 with sink._lock:
                     status = 500 if len(sink.posts) < sink.fail_first else 200
-                    sink.posts.append(Post(status, self.path, self.headers.get("Content-Type", ""), body))
+                    sink.posts.append(Post(status, self.path, self.headers.get("Content-Type", ""), body, str(self.headers)))
                 reply = b"{}" if status == 200 else b'{"error":"sink told to fail"}'
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -112,6 +113,12 @@ class Sink:
     def snapshot(self) -> list[Post]:
         with self._lock:
             return list(self.posts)
+
+    def bodies(self) -> list[bytes]:
+        return [p.body for p in self.snapshot()]
+
+    def headers(self) -> list[str]:
+        return [p.headers for p in self.snapshot()]
 
     def accepted(self) -> list[dict]:
         """Bodies of the POSTs the sink answered 200, decoded."""
