@@ -32,6 +32,7 @@ timeout per request.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import threading
@@ -73,6 +74,8 @@ def main() -> int:
         ap.error("the range must hold 1 to 200 positive gaps")
     gaps = [args.lo + i * args.step for i in range(n)]
 
+    # A SIGTERM unwinds through the finally below, so wrangler is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="edgeflag-proxy-race-"))
     conftest._session_bundle = conftest.snapshot_bundle(REPO / "build", tmp / "bundle")
     worker = conftest.launch_worker(tmp / "worker")
