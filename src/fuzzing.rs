@@ -10,13 +10,15 @@ use crate::proto::iam::client_credential::Credential;
 use crate::proto::resolver::ResolveTokenV1;
 use crate::resolve::{self, sticky::Sticky, sticky::StickySet};
 use crate::state::formats::{self, StateFormat};
+use crate::state::source::{self, Pointer};
 use crate::state::snapshot::Snapshot;
 use crate::token::{self, TokenKeys};
 use prost::Message;
 
 /// The fuzz targets, by name: `fuzz/fuzz_targets/<name>.rs`,
 /// `fuzz/corpus/<name>/`, `fuzz/regressions/<name>/`.
-pub const TARGETS: &[&str] = &["resolve_request", "apply_request", "ofrep", "state", "token", "evaluate"];
+pub const TARGETS: &[&str] =
+    &["resolve_request", "apply_request", "ofrep", "state", "state_pointer", "token", "evaluate"];
 
 /// Runs the target called `name` on `data`; false for an unknown name.
 pub fn run(name: &str, evaluate_state: &Snapshot, data: &[u8]) -> bool {
@@ -25,6 +27,7 @@ pub fn run(name: &str, evaluate_state: &Snapshot, data: &[u8]) -> bool {
         "apply_request" => apply_request(data),
         "ofrep" => ofrep_request(data),
         "state" => state(data),
+        "state_pointer" => state_pointer(data),
         "token" => token(data),
         "evaluate" => evaluate(evaluate_state, data),
         _ => return false,
@@ -94,6 +97,31 @@ pub fn state(data: &[u8]) {
         for secret in secrets.take(4) {
             resolve_all(&snap, secret, &Default::default());
         }
+    }
+}
+
+/// What a refresh reads from STATE_KV: the bytes up to the first newline
+/// as `state:current`, the rest as the blob it names. A pointer that parses
+/// must survive its own round trip; then the blob is checked against it as
+/// the isolate does. The blob is also loaded under the pointer a writer
+/// would store for it, so the fuzzer reaches decode and validation, and a
+/// pointer edgeflag writes must be one it accepts.
+pub fn state_pointer(data: &[u8]) {
+    let (head, blob) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (data.get(..at).unwrap_or_default(), data.get(at + 1..).unwrap_or_default()),
+        None => (data, &[][..]),
+    };
+    if let Ok(p) = Pointer::parse(head) {
+        let again = Pointer::parse(p.to_json().as_bytes());
+        assert_eq!(again.as_ref(), Ok(&p), "a parsed pointer must survive its own round trip");
+        let _ = source::blob_key(&p.etag);
+        let _ = source::load_blob(&p, blob);
+    }
+    let written = Pointer::for_blob(blob, "", "2026-01-01T00:00:00Z", "push");
+    let accepted = Pointer::parse(written.to_json().as_bytes());
+    assert_eq!(accepted.as_ref(), Ok(&written), "a pointer edgeflag writes must be one it accepts");
+    if let Ok(snap) = source::load_blob(&written, blob) {
+        assert_eq!(snap.etag, written.etag, "a loaded blob serves under the pointer's etag");
     }
 }
 

@@ -34,7 +34,7 @@ fn replay(target: &str) {
 
 #[test]
 fn every_target_has_a_test_here() {
-    let mut here = vec!["resolve_request", "apply_request", "ofrep", "state", "token", "evaluate"];
+    let mut here = vec!["resolve_request", "apply_request", "ofrep", "state", "state_pointer", "token", "evaluate"];
     let mut all = fuzzing::TARGETS.to_vec();
     here.sort();
     all.sort();
@@ -54,6 +54,11 @@ fn apply_request() {
 #[test]
 fn ofrep() {
     replay("ofrep");
+}
+
+#[test]
+fn state_pointer() {
+    replay("state_pointer");
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use edgeflag::fuzzing;
 use edgeflag::proto::resolver::ResolveTokenV1;
 use edgeflag::resolve::{self, sticky::Sticky, sticky::StickySet};
-use edgeflag::state::{formats, snapshot::Snapshot};
+use edgeflag::state::{formats, snapshot::Snapshot, source::Pointer};
 use edgeflag::token;
 use prost::Message;
 use serde_json::{json, Value};
@@ -58,7 +58,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.add("state", formats::encode_pb(&decoded.state));
         out.add("state", formats::encode_envelope(&decoded.state, &account, &decoded.log_destinations));
         out.add("state", formats::to_proto_json(&decoded.state).map_err(|e| e.to_string())?.into_bytes());
+        // STATE_KV as a refresh reads it: the pointer, a newline, the blob.
+        let blob = formats::encode_envelope(&decoded.state, &account, &decoded.log_destinations);
+        let pointer = Pointer::for_blob(&blob, &account, "2026-01-01T00:00:00Z", "push").to_json();
+        out.add("state_pointer", [pointer.as_bytes(), b"\n", &blob].concat());
+        out.add("state_pointer", [pointer.as_bytes(), b"\n", blob.get(..blob.len() / 2).unwrap_or_default()].concat());
+        out.add("state_pointer", pointer.into_bytes());
     }
+    out.add("state_pointer", br#"{"etag":"00","bytes":0,"sha256":"","account":"","pushedAt":"","source":""}"#.to_vec());
 
     // Tokens: real resolutions of the suite, sealed under the fuzzing key.
     let keys = fuzzing::token_keys().ok_or("the fuzzing token key is invalid")?;
