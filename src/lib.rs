@@ -47,6 +47,8 @@ pub mod api;
 /// The `edgeflag` command-line tool.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+/// `EDGEFLAG_FAULTS`: test-only fault injection at the platform calls.
+pub mod faults;
 /// Exposure events and apply: resolutions and tokens into FlagAssigned.
 pub mod exposure;
 /// What the fuzz targets run, shared with the corpus replay test.
