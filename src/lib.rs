@@ -29,6 +29,8 @@
 //! MetricsAggregator (worker/metrics_do.rs)  Durable Object, the one writer of the
 //!                              metrics: telemetry::apply_batch in one SQLite
 //!                              transaction; alarm mirrors to METRICS_KV <= 1/s
+//! worker::faults (crate::faults)       EDGEFLAG_FAULTS, tests only: faults injected at the
+//!                              sticky KV, Queue and STATE_KV calls
 //! ```
 //!
 //! Everything outside `worker` is synchronous, free of I/O and globals
