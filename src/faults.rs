@@ -83,13 +83,18 @@ impl Faults {
             }
             let mut parts = action.trim().split(':');
             let number = |p: Option<&str>, what: &str| -> Result<Option<u64>, String> {
-                p.map(|n| n.trim().parse::<u64>().map_err(|_| format!("EDGEFLAG_FAULTS {entry:?}: {what} {n:?} is not a whole number")))
-                    .transpose()
+                p.map(|n| {
+                    n.trim()
+                        .parse::<u64>()
+                        .map_err(|_| format!("EDGEFLAG_FAULTS {entry:?}: {what} {n:?} is not a whole number"))
+                })
+                .transpose()
             };
             let action = match parts.next().map(str::trim) {
                 Some("fail") => Action::Fail,
                 Some("slow") => Action::Slow(
-                    number(parts.next(), "delay")?.ok_or_else(|| format!("EDGEFLAG_FAULTS {entry:?}: slow needs :MS"))?,
+                    number(parts.next(), "delay")?
+                        .ok_or_else(|| format!("EDGEFLAG_FAULTS {entry:?}: slow needs :MS"))?,
                 ),
                 other => return Err(format!("EDGEFLAG_FAULTS {entry:?}: unknown action {other:?} (fail, slow:MS)")),
             };

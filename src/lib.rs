@@ -49,10 +49,10 @@ pub mod api;
 /// The `edgeflag` command-line tool.
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
-/// `EDGEFLAG_FAULTS`: test-only fault injection at the platform calls.
-pub mod faults;
 /// Exposure events and apply: resolutions and tokens into FlagAssigned.
 pub mod exposure;
+/// `EDGEFLAG_FAULTS`: test-only fault injection at the platform calls.
+pub mod faults;
 /// What the fuzz targets run, shared with the corpus replay test.
 #[doc(hidden)]
 #[cfg(not(target_arch = "wasm32"))]

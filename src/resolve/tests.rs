@@ -78,7 +78,10 @@ fn an_unavailable_membership_criterion_is_not_supported_too() {
     let mut set = StickySet::new();
     set.mark_unavailable("user1", "materializations/mat-seg");
     let (flags, writes) = run(&snap, &["flags/mat-criterion-flag"], "SE", &set);
-    assert_eq!(flags, vec![("flags/mat-criterion-flag".into(), ResolveReason::MaterializationNotSupported, String::new())]);
+    assert_eq!(
+        flags,
+        vec![("flags/mat-criterion-flag".into(), ResolveReason::MaterializationNotSupported, String::new())]
+    );
     assert!(writes.is_empty());
 }
 

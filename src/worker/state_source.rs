@@ -15,8 +15,8 @@
 //! the interval is the retry).
 
 use super::{faults, runtime, sticky_kv, telemetry};
-use crate::faults::Site;
 use crate::api::ApiError;
+use crate::faults::Site;
 use crate::state::embedded;
 use crate::state::live::LiveState;
 use crate::state::snapshot::{LoadError, Snapshot};
