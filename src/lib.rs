@@ -29,6 +29,8 @@
 //! MetricsAggregator (worker/metrics_do.rs)  Durable Object, the one writer of the
 //!                              metrics: telemetry::apply_batch in one SQLite
 //!                              transaction; alarm mirrors to METRICS_KV <= 1/s
+//! worker::faults (crate::faults)       EDGEFLAG_FAULTS, tests only: faults injected at the
+//!                              sticky KV, Queue and STATE_KV calls
 //! ```
 //!
 //! Everything outside `worker` is synchronous, free of I/O and globals
@@ -49,6 +51,8 @@ pub mod api;
 pub mod cli;
 /// Exposure events and apply: resolutions and tokens into FlagAssigned.
 pub mod exposure;
+/// `EDGEFLAG_FAULTS`: test-only fault injection at the platform calls.
+pub mod faults;
 /// What the fuzz targets run, shared with the corpus replay test.
 #[doc(hidden)]
 #[cfg(not(target_arch = "wasm32"))]

@@ -452,10 +452,7 @@ fn meaning(result: &FlagResult<'_, '_>) -> &'static str {
             "the targeting key is not usable (see the rule above): no variant; the client uses its default value"
         }
         (ResolveReason::MaterializationNotSupported, _) => {
-            "the flag needs a sticky-assignment store this resolve does not have"
-        }
-        (ResolveReason::Error, _) => {
-            "a sticky assignment the flag depends on could not be read: no variant, nothing written; the client uses its default value"
+            "the flag needs a sticky assignment this resolve could not get (no sticky store, or its read failed): no variant, nothing written; the client uses its default value"
         }
         _ => "no variant; the client uses its default value",
     }

@@ -244,7 +244,8 @@ enum Stop<'s, 'r> {
     Assigned(Assigned<'s, 'r>),
     Reason(ResolveReason),
     /// A sticky read the flag depends on failed: nothing can be decided
-    /// without risking the unit's stored variant.
+    /// without risking the unit's stored variant (resolves as
+    /// MATERIALIZATION_NOT_SUPPORTED).
     StickyUnavailable,
 }
 
@@ -279,13 +280,16 @@ impl<'s, 'r> Engine<'s, 'r, '_, '_> {
                 Some(Stop::StickyUnavailable) => {
                     // Not "absent": a fresh assignment written now could
                     // replace the one the store holds. Undecided, so the
-                    // SDK serves its default and nothing is written.
+                    // SDK serves its default and nothing is written. The
+                    // reason SDKs already take for "no sticky store here".
                     self.writes.truncate(writes_before);
-                    self.note(|| "  => sticky data unavailable: ERROR, nothing written".to_string());
+                    self.note(|| {
+                        "  => sticky data unavailable: MATERIALIZATION_NOT_SUPPORTED, nothing written".to_string()
+                    });
                     return FlagResult {
                         flag,
                         flag_index,
-                        reason: ResolveReason::Error,
+                        reason: ResolveReason::MaterializationNotSupported,
                         assigned: None,
                         fallthroughs: Vec::new(),
                     };

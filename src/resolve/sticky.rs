@@ -30,7 +30,7 @@ pub struct StickySet {
     entries: HashMap<(String, String), HashMap<String, String>>,
     /// Pairs whose read failed: neither present nor absent. A flag that
     /// needs one cannot be decided without risking a unit's variant, so it
-    /// resolves as an error and writes nothing.
+    /// resolves as MATERIALIZATION_NOT_SUPPORTED and writes nothing.
     unavailable: BTreeSet<(String, String)>,
 }
 

@@ -53,7 +53,7 @@ fn an_unavailable_read_decides_nothing_and_writes_nothing() {
     assert_eq!(
         flags,
         vec![
-            (READ_FLAG.into(), ResolveReason::Error, String::new()),
+            (READ_FLAG.into(), ResolveReason::MaterializationNotSupported, String::new()),
             ("flags/simple-flag".into(), ResolveReason::Match, "on".into()),
         ],
         "only the flag that needs the failed read is affected"
@@ -69,16 +69,19 @@ fn a_failed_read_replaces_what_was_known_of_that_pair() {
     set.mark_unavailable("user1", MAT1);
     assert!(!set.is_empty());
     assert_eq!(set.lookup("user1", MAT1, ""), None);
-    assert_eq!(run(&snap, &[READ_FLAG], "SE", &set).0[0].1, ResolveReason::Error);
+    assert_eq!(run(&snap, &[READ_FLAG], "SE", &set).0[0].1, ResolveReason::MaterializationNotSupported);
 }
 
 #[test]
-fn an_unavailable_membership_criterion_is_an_error_too() {
+fn an_unavailable_membership_criterion_is_not_supported_too() {
     let snap = snapshot();
     let mut set = StickySet::new();
     set.mark_unavailable("user1", "materializations/mat-seg");
     let (flags, writes) = run(&snap, &["flags/mat-criterion-flag"], "SE", &set);
-    assert_eq!(flags, vec![("flags/mat-criterion-flag".into(), ResolveReason::Error, String::new())]);
+    assert_eq!(
+        flags,
+        vec![("flags/mat-criterion-flag".into(), ResolveReason::MaterializationNotSupported, String::new())]
+    );
     assert!(writes.is_empty());
 }
 

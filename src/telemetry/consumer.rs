@@ -271,6 +271,15 @@ impl Outcomes {
     }
 }
 
+/// Sticky-assignment writes by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StickyWrites {
+    pub ok: u64,
+    pub retried: u64,
+    pub failed: u64,
+}
+
 /// What producers gave up on, as reported in their checkpoints.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -303,8 +312,10 @@ pub struct MetricsSnapshot {
     pub requests: BTreeMap<String, BTreeMap<String, u64>>,
     pub credential_resolves: BTreeMap<String, u64>,
     pub dropped: Dropped,
-    /// Sticky-assignment reads that failed (their flags resolved as errors).
+    /// Sticky-assignment reads that failed (their flags resolved as
+    /// MATERIALIZATION_NOT_SUPPORTED).
     pub sticky_read_failures: u64,
+    pub sticky_writes: StickyWrites,
     /// State load attempts by source, then result.
     pub state_loads: BTreeMap<String, BTreeMap<String, u64>>,
 }
@@ -366,6 +377,10 @@ impl MetricsSnapshot {
         d.checkpoints = d.checkpoints.saturating_add(c.dropped_checkpoints);
         d.unattributed = d.unattributed.saturating_add(c.unattributed);
         s.sticky_read_failures = s.sticky_read_failures.saturating_add(c.sticky_read_failures);
+        let w = &mut s.sticky_writes;
+        w.ok = w.ok.saturating_add(c.sticky_writes_ok);
+        w.retried = w.retried.saturating_add(c.sticky_writes_retried);
+        w.failed = w.failed.saturating_add(c.sticky_writes_failed);
         for l in &c.state_loads {
             let n = s.state_loads.entry(l.source.clone()).or_default().entry(l.result.clone()).or_default();
             *n = n.saturating_add(l.count);
@@ -457,9 +472,19 @@ pub fn render_prometheus(s: &MetricsSnapshot) -> String {
     scalar(
         &mut o,
         "edgeflag_sticky_read_failures_total",
-        "Sticky-assignment KV reads (per unit and materialization) that failed or timed out; their flags resolved as RESOLVE_REASON_ERROR.",
+        "Sticky-assignment KV reads (per unit and materialization) that failed or timed out; their flags resolved as RESOLVE_REASON_MATERIALIZATION_NOT_SUPPORTED.",
         s.sticky_read_failures,
     );
+    header(
+        &mut o,
+        "edgeflag_sticky_writes_total",
+        "Sticky-assignment KV writes, by result: ok (first attempt), retried (stored by the retry), failed (not stored).",
+        "counter",
+    );
+    let w = &s.sticky_writes;
+    for (result, n) in [("ok", w.ok), ("retried", w.retried), ("failed", w.failed)] {
+        let _ = writeln!(o, "edgeflag_sticky_writes_total{{result=\"{result}\"}} {n}");
+    }
     if s.state_loads.values().any(|m| !m.is_empty()) {
         header(&mut o, "edgeflag_state_loads_total", "Flag-state load attempts, by source and result.", "counter");
         for (source, by_result) in &s.state_loads {

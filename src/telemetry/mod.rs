@@ -153,6 +153,17 @@ impl Route {
     }
 }
 
+/// How one sticky-assignment write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StickyWrite {
+    /// Stored at the first attempt.
+    Ok = 0,
+    /// The first attempt failed, the retry stored it.
+    Retried = 1,
+    /// Not stored.
+    Failed = 2,
+}
+
 /// All producer-side telemetry of one isolate. Const-constructible, so it
 /// lives in a `static`; every method takes `&self` and never blocks.
 pub struct Telemetry {
@@ -166,6 +177,8 @@ pub struct Telemetry {
     sends_failed: AtomicU64,
     dropped_checkpoints: AtomicU64,
     sticky_read_failures: AtomicU64,
+    /// Sticky writes by [`StickyWrite`] outcome.
+    sticky_writes: [AtomicU64; 3],
     /// By load source, then result.
     state_loads: [[AtomicU64; LoadResult::ALL.len()]; LoadSource::ALL.len()],
     retry: SegQueue<Checkpoint>,
@@ -204,6 +217,7 @@ impl Telemetry {
             sends_failed: AtomicU64::new(0),
             dropped_checkpoints: AtomicU64::new(0),
             sticky_read_failures: AtomicU64::new(0),
+            sticky_writes: [const { AtomicU64::new(0) }; 3],
             state_loads: [const { [const { AtomicU64::new(0) }; LoadResult::ALL.len()] }; LoadSource::ALL.len()],
             retry: SegQueue::new(),
             retry_bytes: AtomicU64::new(0),
@@ -266,6 +280,14 @@ impl Telemetry {
             self.sticky_read_failures.fetch_add(n, Ordering::Relaxed);
             self.touch();
         }
+    }
+
+    /// One sticky-assignment write's outcome (`edgeflag_sticky_writes_total`).
+    pub fn record_sticky_write(&self, outcome: StickyWrite) {
+        if let Some(c) = self.sticky_writes.get(outcome as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.touch();
     }
 
     /// One state load attempt (`edgeflag_state_loads_total`).
@@ -455,6 +477,9 @@ impl Telemetry {
             dropped_checkpoints: take(&self.dropped_checkpoints),
             unattributed: drained.unattributed,
             sticky_read_failures: take(&self.sticky_read_failures),
+            sticky_writes_ok: self.sticky_writes.first().map_or(0, take),
+            sticky_writes_retried: self.sticky_writes.get(1).map_or(0, take),
+            sticky_writes_failed: self.sticky_writes.get(2).map_or(0, take),
             state_loads: self.take_state_loads(),
             ..Default::default()
         };

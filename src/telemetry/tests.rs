@@ -351,3 +351,30 @@ fn throttling_and_queue_choice() {
     assert_eq!(super::pick_queue(&[9; 16], 1), 0);
     assert_eq!(super::pick_queue(&[9; 16], 0), 0);
 }
+
+#[test]
+fn sticky_write_outcomes_reach_the_metrics() {
+    use crate::telemetry::StickyWrite;
+    let t = Telemetry::new();
+    t.record_sticky_write(StickyWrite::Ok);
+    t.record_sticky_write(StickyWrite::Ok);
+    t.record_sticky_write(StickyWrite::Retried);
+    t.record_sticky_write(StickyWrite::Failed);
+    t.record_sticky_write(StickyWrite::Failed);
+    t.record_sticky_write(StickyWrite::Failed);
+    let cps = t.checkpoint(10, ISOLATE);
+    assert_eq!(cps.len(), 1);
+    let c = &cps[0].counters;
+    assert_eq!((c.sticky_writes_ok, c.sticky_writes_retried, c.sticky_writes_failed), (2, 1, 3));
+    let decoded = decode_message(&cps[0].encode()).expect("decodes");
+    let mut m = MetricsSnapshot::default();
+    let mut dedup = aggregator::MemoryDedup::default();
+    assert!(aggregator::apply(&mut m, &mut dedup, &decoded, 10));
+    assert!(!aggregator::apply(&mut m, &mut dedup, &decoded, 11), "a redelivery adds nothing");
+    let m = MetricsSnapshot::from_json(&m.to_json());
+    let text = render_prometheus(&m);
+    assert!(text.contains("\nedgeflag_sticky_writes_total{result=\"ok\"} 2\n"), "{text}");
+    assert!(text.contains("\nedgeflag_sticky_writes_total{result=\"retried\"} 1\n"), "{text}");
+    assert!(text.contains("\nedgeflag_sticky_writes_total{result=\"failed\"} 3\n"), "{text}");
+    assert!(t.checkpoint(20, ISOLATE).is_empty(), "taken once");
+}

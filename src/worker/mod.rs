@@ -24,6 +24,7 @@
 
 mod confidence;
 mod consumer;
+mod faults;
 mod flags;
 pub mod http;
 mod metrics;
@@ -134,15 +135,25 @@ pub async fn handle_readyz(call: &Call<'_>) -> Result<Response, ApiError> {
 }
 
 /// `GET /healthz`: 200 while the isolate runs, whatever its state; names
-/// the bundle's embedded state.
+/// the bundle's embedded state, and `EDGEFLAG_FAULTS` when set.
 pub async fn handle_healthz(call: &Call<'_>) -> Result<Response, ApiError> {
     let _ = call;
-    let body = serde_json::json!({
+    let (faults, faults_error) = faults::describe();
+    let mut body = serde_json::json!({
         "ok": true,
         "version": env!("CARGO_PKG_VERSION"),
         "embeddedEtag": crate::state::embedded::EMBEDDED_ETAG,
         "serving": state_source::current().map(|s| s.etag.clone()),
     });
+    // Only when set (tests): a fault config is never silently active.
+    if let Some(obj) = body.as_object_mut() {
+        if !faults.is_empty() {
+            obj.insert("faults".into(), faults.into());
+        }
+        if let Some(e) = faults_error {
+            obj.insert("faultsError".into(), e.into());
+        }
+    }
     json_response(200, body.to_string().into_bytes())
 }
 
@@ -160,6 +171,7 @@ pub async fn handle_metrics_apply(req_body: Vec<u8>, call: &Call<'_>) -> Result<
 /// workers-rs turns one into a trap, and failures are per message anyway.
 #[event(queue)]
 async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, ctx: Context) -> ::worker::Result<()> {
+    faults::init(&env);
     consumer::consume(batch, env, ctx).await
 }
 
@@ -167,6 +179,7 @@ async fn queue(batch: MessageBatch<serde_json::Value>, env: Env, ctx: Context) -
 /// state source, when `CONFIDENCE_CLIENT_SECRET` is set.
 #[event(scheduled)]
 async fn scheduled(_event: ::worker::ScheduledEvent, env: Env, _ctx: ::worker::ScheduleContext) {
+    faults::init(&env);
     state_source::cdn_tick(&env).await;
 }
 
@@ -250,6 +263,7 @@ fn telemetry_route(req: &Request) -> crate::telemetry::Route {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, ctx: Context) -> ::worker::Result<Response> {
+    faults::init(&env);
     let cors = Cors::from_request(&req, &env);
     let mut resp = match dispatch(&req, &env, &ctx).await {
         Ok(resp) => resp,

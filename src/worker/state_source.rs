@@ -14,8 +14,9 @@
 //! keeps the serving state and is retried by the next refresh (no backoff:
 //! the interval is the retry).
 
-use super::{runtime, sticky_kv, telemetry};
+use super::{faults, runtime, sticky_kv, telemetry};
 use crate::api::ApiError;
+use crate::faults::Site;
 use crate::state::embedded;
 use crate::state::live::LiveState;
 use crate::state::snapshot::{LoadError, Snapshot};
@@ -221,7 +222,12 @@ async fn finish(a: Attempt, started: f64, now: u64) -> Option<LoadResult> {
 async fn from_kv(kv: &::worker::kv::KvStore, serving: Option<&Snapshot>) -> Attempt {
     let attempt = |etag: Option<String>, outcome| Attempt { source: LoadSource::Kv, etag, outcome };
     let deadline = runtime::now_ms() + READ_BUDGET_MS;
-    let pointer = match sticky_kv::bounded("pointer read", deadline, || kv.get(source::CURRENT_KEY).bytes()).await {
+    let pointer = match sticky_kv::bounded("pointer read", deadline, || async {
+        faults::before_kv(Site::StatePointer).await?;
+        kv.get(source::CURRENT_KEY).bytes().await
+    })
+    .await
+    {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
             return attempt(None, Err(Rejected::new(LoadResult::NoPointer, "no state:current in STATE_KV")));
@@ -238,7 +244,12 @@ async fn from_kv(kv: &::worker::kv::KvStore, serving: Option<&Snapshot>) -> Atte
     }
     let key = source::blob_key(&pointer.etag);
     let deadline = runtime::now_ms() + READ_BUDGET_MS;
-    let blob = match sticky_kv::bounded("blob read", deadline, || kv.get(&key).bytes()).await {
+    let blob = match sticky_kv::bounded("blob read", deadline, || async {
+        faults::before_kv(Site::StateBlob).await?;
+        kv.get(&key).bytes().await
+    })
+    .await
+    {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
             let why = format!("the pointer names {key}, which STATE_KV does not have (yet)");

@@ -7,9 +7,11 @@
 //! unavailable, never absent. Every KV call is bounded in time, and so is
 //! each pair's read as a whole (retries included).
 
-use super::runtime;
+use super::{faults, runtime, telemetry};
+use crate::faults::Site;
 use crate::resolve::sticky::{ReadKey, Record, StickySet};
 use crate::sticky_layout::{self, Listed, Meta};
+use crate::telemetry::StickyWrite;
 use ::worker::kv::KvStore;
 use ::worker::Delay;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -59,7 +61,7 @@ type PairResult = Result<(bool, Vec<(String, String)>), String>;
 
 /// Answers `reads` from KV, all pairs in parallel. Returns the set and how
 /// many pairs could not be read (marked unavailable in the set: flags that
-/// need them resolve as errors and write nothing).
+/// need them resolve as MATERIALIZATION_NOT_SUPPORTED and write nothing).
 pub async fn read(kv: &KvStore, reads: &BTreeSet<ReadKey>) -> (StickySet, usize) {
     let mut wanted: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
     for r in reads {
@@ -96,13 +98,26 @@ pub async fn read(kv: &KvStore, reads: &BTreeSet<ReadKey>) -> (StickySet, usize)
 async fn read_pair(kv: &KvStore, unit: &str, mat: &str, rules: &BTreeSet<&str>) -> PairResult {
     let deadline = runtime::now_ms() + PAIR_BUDGET_MS;
     let p = sticky_layout::prefix(unit, mat);
-    let listing = bounded("list", deadline, || kv.list().prefix(p.clone()).limit(1000).execute()).await?;
+    let listing = bounded("list", deadline, || {
+        let p = p.clone();
+        async move {
+            faults::before_kv(Site::StickyRead).await?;
+            kv.list().prefix(p).limit(1000).execute().await
+        }
+    })
+    .await?;
     let keys: Vec<Listed> =
         listing.keys.iter().filter_map(|k| sticky_layout::listed(&p, &k.name, k.metadata.as_ref())).collect();
     let need = sticky_layout::value_reads(&keys, rules);
     let mut values: HashMap<String, Option<String>> = HashMap::new();
     for chunk in need.chunks(BULK_MAX) {
-        values.extend(bounded("value read", deadline, || kv.get_bulk(chunk).text()).await?);
+        values.extend(
+            bounded("value read", deadline, || async {
+                faults::before_kv(Site::StickyRead).await?;
+                kv.get_bulk(chunk).text().await
+            })
+            .await?,
+        );
     }
     let variants = sticky_layout::variants(&keys, |k| values.get(k).and_then(|v| v.as_deref()))
         .map(|(r, v)| (r.to_string(), v.to_string()))
@@ -113,38 +128,50 @@ async fn read_pair(kv: &KvStore, unit: &str, mat: &str, rules: &BTreeSet<&str>) 
 /// Stores `writes`; runs after the response (`wait_until`). The variant is
 /// the value (what the reference worker reads) and also the metadata (so
 /// edgeflag's reads need only the listing). Each write is retried once;
-/// failures are logged, never surfaced to the caller.
+/// failures are logged and counted (`edgeflag_sticky_writes_total`), never
+/// surfaced to the caller.
 pub async fn write(kv: KvStore, writes: Vec<Record>, ttl_seconds: Option<u64>) {
     let puts = writes.iter().map(|r| {
         let kv = &kv;
         async move {
-            let key = sticky_layout::key(&r.unit, &r.materialization, &r.rule);
-            for attempt in 0..2 {
-                let builder = match kv.put(&key, r.variant.as_str()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        ::worker::console_error!("sticky write failed: {e}");
-                        return;
-                    }
-                };
-                let builder = match builder.metadata(Meta { v: r.variant.clone() }) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        ::worker::console_error!("sticky write failed: {e}");
-                        return;
-                    }
-                };
-                let builder = match ttl_seconds {
-                    Some(ttl) => builder.expiration_ttl(ttl.max(60)),
-                    None => builder,
-                };
-                match builder.execute().await {
-                    Ok(()) => return,
-                    Err(e) if attempt == 1 => ::worker::console_error!("sticky write failed twice: {e}"),
-                    Err(_) => {}
-                }
-            }
+            let outcome = write_one(kv, r, ttl_seconds).await;
+            telemetry::sticky_write(outcome);
         }
     });
     futures_util::future::join_all(puts).await;
+}
+
+async fn write_one(kv: &KvStore, r: &Record, ttl_seconds: Option<u64>) -> StickyWrite {
+    let key = sticky_layout::key(&r.unit, &r.materialization, &r.rule);
+    for attempt in 0..2 {
+        let builder = match kv.put(&key, r.variant.as_str()) {
+            Ok(b) => b,
+            Err(e) => {
+                ::worker::console_error!("sticky write failed: {e}");
+                return StickyWrite::Failed;
+            }
+        };
+        let builder = match builder.metadata(Meta { v: r.variant.clone() }) {
+            Ok(b) => b,
+            Err(e) => {
+                ::worker::console_error!("sticky write failed: {e}");
+                return StickyWrite::Failed;
+            }
+        };
+        let builder = match ttl_seconds {
+            Some(ttl) => builder.expiration_ttl(ttl.max(60)),
+            None => builder,
+        };
+        let result = match faults::before_kv(Site::StickyWrite).await {
+            Ok(()) => builder.execute().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) if attempt == 0 => return StickyWrite::Ok,
+            Ok(()) => return StickyWrite::Retried,
+            Err(e) if attempt == 1 => ::worker::console_error!("sticky write failed twice: {e}"),
+            Err(e) => ::worker::console_warn!("sticky write failed, retrying once: {e}"),
+        }
+    }
+    StickyWrite::Failed
 }

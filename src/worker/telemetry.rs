@@ -84,6 +84,10 @@ pub fn sticky_read_failures(n: usize) {
     TELEMETRY.record_sticky_read_failures(n as u64);
 }
 
+pub fn sticky_write(outcome: telemetry::StickyWrite) {
+    TELEMETRY.record_sticky_write(outcome);
+}
+
 pub fn state_load(source: crate::state::source::LoadSource, result: crate::state::source::LoadResult) {
     TELEMETRY.record_state_load(source, result);
 }
@@ -144,10 +148,13 @@ async fn send(queue: &::worker::Queue) {
         let bytes = cp.encode();
         let body = js_sys::Uint8Array::from(bytes.as_slice());
         let msg = RawMessageBuilder::new(body.into()).build_with_content_type(QueueContentType::V8);
-        match queue.send_raw(msg).await {
+        let sent = match super::faults::before(crate::faults::Site::QueueSend).await {
+            Ok(()) => queue.send_raw(msg).await.map_err(|e| e.to_string()),
+            Err(why) => Err(why),
+        };
+        match sent {
             Ok(()) => TELEMETRY.record_queue_send(true),
-            Err(e) => {
-                let why = e.to_string();
+            Err(why) => {
                 TELEMETRY.record_queue_send(false);
                 TELEMETRY.restore(cp);
                 if telemetry::is_throttled(&why) {

@@ -12,7 +12,7 @@ The suite's cases share one state (resolver-spec/state.json), built once
 into its own bundle (target/e2e-spec/build, reused while its inputs are
 unchanged), with one flag added that no case resolves: its sticky read
 fails in workerd (the key prefix is longer than KV allows), which shows a
-failed read resolving as an error, writing nothing and being counted. Cases share unit `user1` but disagree about what KV holds for
+failed read resolving as MATERIALIZATION_NOT_SUPPORTED, writing nothing and being counted. Cases share unit `user1` but disagree about what KV holds for
 it, and resolving writes, so cases are grouped into rounds whose seeds
 agree and where no case's write changes what a later case reads; each
 round gets its own instance (own KV), all rounds started in parallel.
@@ -370,7 +370,7 @@ def test_case_resolves_as_the_suite_expects(results: dict[tuple[str, str], list[
     assert results[(layout, name)] == [], f"{layout} layout, {name}"
 
 
-def test_a_failed_read_is_an_error_writes_nothing_and_is_counted(
+def test_a_failed_read_is_not_supported_writes_nothing_and_is_counted(
     spec_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     worker = launch_worker(tmp_path_factory.mktemp("sticky-unreadable"), bundle=spec_bundle)
@@ -385,7 +385,7 @@ def test_a_failed_read_is_an_error_writes_nothing_and_is_counted(
             assert resp.status_code == 200, resp.text
             got = {f["flag"]: f for f in resp.json()["resolvedFlags"]}
             # No variant (the SDK serves its default), not an exposure.
-            assert got[UNREADABLE_FLAG] == {"flag": UNREADABLE_FLAG, "reason": "RESOLVE_REASON_ERROR"}, got
+            assert got[UNREADABLE_FLAG] == {"flag": UNREADABLE_FLAG, "reason": "RESOLVE_REASON_MATERIALIZATION_NOT_SUPPORTED"}, got
             # The rest of the request is unaffected.
             assert got["flags/simple-flag"]["reason"] == "RESOLVE_REASON_MATCH", got
             assert got["flags/simple-flag"]["variant"] == "on", got
@@ -399,7 +399,7 @@ def test_a_failed_read_is_an_error_writes_nothing_and_is_counted(
 
             text = poll(counted, attempts=30, interval=0.5)
             assert text, "edgeflag_sticky_read_failures_total did not reach 1 on /metrics within ~15 s"
-            assert 'confidence_resolves_total{resolver_id="edgeflag",reason="RESOLVE_REASON_ERROR"} 1\n' in text
+            assert 'confidence_resolves_total{resolver_id="edgeflag",reason="RESOLVE_REASON_MATERIALIZATION_NOT_SUPPORTED"} 1\n' in text
         # By now the response's waitUntil work is long done: nothing was
         # written (taken as "not stored", the flag would have assigned and
         # stored a variant in WRITTEN_MAT).
