@@ -283,7 +283,16 @@ def bundle_inputs_hash(extra: list[Path]) -> str:
     return h.hexdigest()
 
 
-def cached_bundle(state: str, out: str, dest: Path, extra: list[Path] | None = None) -> Bundle:
+def say(config: pytest.Config, line: str) -> None:
+    """A line on pytest's own output, past its capture (build times)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+def cached_bundle(
+    state: str, out: str, dest: Path, extra: list[Path] | None = None, config: pytest.Config | None = None
+) -> Bundle:
     """scripts/build-worker.sh with EDGEFLAG_STATE=`state` into `out`
     (relative to REPO, beside build/, which keeps the demo state), skipped
     while a whole build of the same inputs is there; then snapshotted to
@@ -302,7 +311,8 @@ def cached_bundle(state: str, out: str, dest: Path, extra: list[Path] | None = N
             timeout=BUILD_TIMEOUT,
         )
         stamp_path.write_text(stamp)
-        print(f"cached_bundle: built {out} (EDGEFLAG_STATE={state}) in {time.monotonic() - started:.0f} s")
+        if config is not None:
+            say(config, f"cached_bundle: built {out} (EDGEFLAG_STATE={state}) in {time.monotonic() - started:.0f} s")
     return snapshot_bundle(REPO / out, dest)
 
 
@@ -543,12 +553,12 @@ def built_worker(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 
 @pytest.fixture(scope="session")
-def none_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+def none_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Bundle:
     """The recommended production build, EDGEFLAG_STATE=none: no embedded
     state, 503 until its first state loads from STATE_KV. Built after the
     session's bundle (never both at once), reused while its inputs are the
     same."""
-    bundle = cached_bundle("none", "target/e2e-none/build", tmp_path_factory.mktemp("none-bundle"))
+    bundle = cached_bundle("none", "target/e2e-none/build", tmp_path_factory.mktemp("none-bundle"), config=pytestconfig)
     assert bundle.state_etag == "none", bundle
     return bundle
 

@@ -244,7 +244,7 @@ def mismatches(expected: dict, actual: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def spec_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+def spec_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Bundle:
     """The Worker with the suite's state, in its own out dir (build/ keeps
     the demo state the other tests use); rebuilt only when its inputs change,
     and served, like every bundle, from a checked private copy."""
@@ -252,7 +252,7 @@ def spec_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) 
     SPEC_STATE.parent.mkdir(parents=True, exist_ok=True)
     if not SPEC_STATE.exists() or SPEC_STATE.read_text(encoding="utf-8") != text:
         SPEC_STATE.write_text(text, encoding="utf-8")
-    return cached_bundle(str(SPEC_STATE), SPEC_OUT, tmp_path_factory.mktemp("spec-bundle"), [SPEC_STATE])
+    return cached_bundle(str(SPEC_STATE), SPEC_OUT, tmp_path_factory.mktemp("spec-bundle"), [SPEC_STATE], pytestconfig)
 
 
 def kv(*args: str, persist: Path) -> str:
