@@ -8,8 +8,8 @@
 //! for a load; otherwise, once the snapshot's source was last checked more
 //! than `STATE_REFRESH_SECONDS` (default 30) ago, one request claims a
 //! refresh and runs it in `wait_until`, off the response. Concurrent first
-//! requests of a cold isolate share one load ([`cold_load`]): one pointer
-//! read, one blob read and decode, however many arrive. A refresh reads
+//! requests of a cold isolate share one load ([`claim_cold_load`]): one
+//! pointer read, one blob read and decode, however many arrive. A refresh reads
 //! the pointer, and only if it names another state reads, verifies, decodes
 //! and validates the blob, then swaps it in whole. Every attempt is counted
 //! (`edgeflag_state_loads_total`) and logged as one JSON line; a failed one
@@ -23,8 +23,6 @@ use crate::state::live::LiveState;
 use crate::state::snapshot::{LoadError, Snapshot};
 use crate::state::source::{self, LoadResult, LoadSource, Pointer, Rejected};
 use ::worker::{Context, Env};
-use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -37,16 +35,11 @@ static CHECKED_MS: AtomicU64 = AtomicU64::new(0);
 /// 0 when no refresh runs, else its start time + 1.
 static REFRESH_CLAIM: AtomicU64 = AtomicU64::new(0);
 
-/// A load every waiting request shares; its start time (epoch ms).
-type ColdLoad = (u64, Shared<LocalBoxFuture<'static, ()>>);
-
-thread_local! {
-    /// The load a cold isolate's first requests all wait on. It belongs to
-    /// the isolate, not to a request (it holds only the Env), so it may
-    /// outlive any one request's awaits. wasm32 is single-threaded: this is
-    /// one slot per isolate.
-    static COLD_LOAD: RefCell<Option<ColdLoad>> = const { RefCell::new(None) };
-}
+/// 0 when no cold load runs, else its start time + 1. The load runs in the
+/// `wait_until` of the request that started it; every request waiting for
+/// it (that one included) checks on its own timer, so none is woken from
+/// another request's I/O (workerd ties I/O to the request that made it).
+static COLD_CLAIM: AtomicU64 = AtomicU64::new(0);
 
 pub const KV_BINDING: &str = "STATE_KV";
 const DEFAULT_REFRESH_SECONDS: u64 = 30;
@@ -56,9 +49,10 @@ const CLAIM_TIMEOUT_MS: u64 = 30_000;
 /// Per KV read of a load, retries included.
 const READ_BUDGET_MS: f64 = 5_000.0;
 /// The longest a request waits for a cold load: its two KV reads' budgets
-/// plus decoding. A load still running by then is abandoned: the next
-/// request starts a fresh one (its creator's I/O may have been cancelled).
+/// plus decoding. A load still running by then no longer blocks a fresh one.
 const COLD_WAIT_MS: u64 = 15_000;
+/// How often a waiting request checks whether the cold load finished.
+const COLD_POLL_MS: u64 = 5;
 
 /// The serving snapshot, if any (no load, no refresh).
 pub fn current() -> Option<Arc<Snapshot>> {
@@ -83,11 +77,15 @@ pub async fn snapshot(env: &Env, ctx: &Context) -> Result<Arc<Snapshot>, ApiErro
         schedule_refresh(env, ctx);
         return Ok(s);
     }
-    let shared = cold_load(env);
-    // The request that started the load may end (its client gone) before
-    // the others are answered; wait_until keeps its I/O alive until then.
-    ctx.wait_until(shared.clone());
-    wait_bounded(shared).await;
+    if let Some(started) = claim_cold_load() {
+        let env = env.clone();
+        // In wait_until: the load finishes even if this request's client goes.
+        ctx.wait_until(async move {
+            load(&env).await;
+            let _ = COLD_CLAIM.compare_exchange(started, 0, Ordering::AcqRel, Ordering::Acquire);
+        });
+    }
+    wait_for_cold_load().await;
     STATE.current().ok_or_else(|| {
         let why = last_error().unwrap_or_else(|| "no state has been pushed".to_string());
         ApiError::new(503, "UNAVAILABLE", format!("no valid flag state is loaded yet: {why}"))
@@ -99,7 +97,12 @@ pub async fn snapshot(env: &Env, ctx: &Context) -> Result<Arc<Snapshot>, ApiErro
 pub async fn for_background(env: &Env) -> Option<Arc<Snapshot>> {
     let now = runtime::now_ms() as u64;
     if STATE.current().is_none() {
-        wait_bounded(cold_load(env)).await;
+        if let Some(started) = claim_cold_load() {
+            load(env).await;
+            let _ = COLD_CLAIM.compare_exchange(started, 0, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            wait_for_cold_load().await;
+        }
     } else if refresh_due(env, now) && try_claim(now) {
         load(env).await;
         REFRESH_CLAIM.store(0, Ordering::Release);
@@ -107,30 +110,29 @@ pub async fn for_background(env: &Env) -> Option<Arc<Snapshot>> {
     STATE.current()
 }
 
-/// The cold load to wait on: the one running, or a new one when none runs,
-/// the last finished (and, since nothing serves, failed: a request retries
-/// it) or the running one is older than [`COLD_WAIT_MS`].
-fn cold_load(env: &Env) -> Shared<LocalBoxFuture<'static, ()>> {
+/// Claims the cold load (returns its claim) unless one is running and
+/// younger than [`COLD_WAIT_MS`]. One that finished without a state left
+/// no claim: the next request retries it.
+fn claim_cold_load() -> Option<u64> {
     let now = runtime::now_ms() as u64;
-    COLD_LOAD.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if let Some((started, running)) = slot.as_ref() {
-            if running.peek().is_none() && now.saturating_sub(*started) < COLD_WAIT_MS {
-                return running.clone();
-            }
-        }
-        CHECKED_MS.store(now, Ordering::Relaxed);
-        let env = env.clone();
-        let fresh = async move { load(&env).await }.boxed_local().shared();
-        *slot = Some((now, fresh.clone()));
-        fresh
-    })
+    let claim = COLD_CLAIM.load(Ordering::Acquire);
+    if claim != 0 && now.saturating_sub(claim.saturating_sub(1)) < COLD_WAIT_MS {
+        return None;
+    }
+    let mine = now.saturating_add(1);
+    COLD_CLAIM.compare_exchange(claim, mine, Ordering::AcqRel, Ordering::Acquire).ok()?;
+    CHECKED_MS.store(now, Ordering::Relaxed);
+    Some(mine)
 }
 
-/// Waits for a cold load, at most [`COLD_WAIT_MS`].
-async fn wait_bounded(load: Shared<LocalBoxFuture<'static, ()>>) {
-    let timeout = std::pin::pin!(::worker::Delay::from(std::time::Duration::from_millis(COLD_WAIT_MS)));
-    futures_util::future::select(load, timeout).await;
+/// Waits until a state serves or no cold load runs, at most [`COLD_WAIT_MS`].
+async fn wait_for_cold_load() {
+    for _ in 0..COLD_WAIT_MS / COLD_POLL_MS {
+        if STATE.current().is_some() || COLD_CLAIM.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        ::worker::Delay::from(std::time::Duration::from_millis(COLD_POLL_MS)).await;
+    }
 }
 
 /// `STATE_REFRESH_SECONDS`, in ms.
@@ -214,9 +216,9 @@ async fn finish(a: Attempt, started: f64, now: u64) -> Option<LoadResult> {
             snap.source = a.source.as_str().to_string();
             snap.loaded_at_ms = now;
             let stats = Some((snap.stats.flags, snap.stats.segments, snap.stats.bytes));
-            // A cold load (shared, but one abandoned after COLD_WAIT_MS may
-            // still finish) never replaces a state; a refresh runs alone,
-            // so it always replaces.
+            // A cold load (one at a time, but one outlived by COLD_WAIT_MS
+            // may still finish) never replaces a state; a refresh runs
+            // alone, so it always replaces.
             if STATE.current().is_none() {
                 STATE.install_first(snap);
             } else {
