@@ -286,7 +286,10 @@ def bundle_inputs_hash(extra: list[Path]) -> str:
 def say(config: pytest.Config, line: str) -> None:
     """A line on pytest's own output, past its capture (build times)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():  # fd 1 is captured meanwhile
         reporter.write_line(line)
 
 
