@@ -11,7 +11,9 @@
 # 6. scripts/check_deploy.py                    wrangler deploy --dry-run of that bundle (offline)
 # 7. pytest tests/e2e -v                        the bundle under wrangler dev (workerd)
 #                                               (test_sticky_layouts.py also builds one with the
-#                                               suite's state into target/e2e-spec/, when stale)
+#                                               suite's state into target/e2e-spec/, and the
+#                                               none_bundle fixture one with EDGEFLAG_STATE=none
+#                                               into target/e2e-none/, each when stale)
 #
 # Stops at the first failing step and says which one it was.
 set -euo pipefail

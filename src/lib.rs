@@ -10,7 +10,8 @@
 //!        worker::flags::resolve_with    the one resolve path every protocol shares:
 //!          flags::snapshot              the validated state serving this isolate, from
 //!                                       worker::state_source (STATE_KV pointer + blob, else
-//!                                       embedded; refreshed in wait_until; state::source verifies)
+//!                                       embedded; refreshed in wait_until; a cold isolate's
+//!                                       requests share one load; state::source verifies)
 //!          resolve::resolve             the pure core: targeting, bucketing, sticky
 //!          (sticky flags: worker::sticky_kv reads KV in the layout of
 //!           sticky_layout, then resolve again)

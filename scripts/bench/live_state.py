@@ -2,10 +2,13 @@
 markdown: the bundle size now, the time to swap the 5 MB state in inside
 workerd (the refresh's own `duration_ms`: KV reads, sha256, decode,
 complete validation, swap), and req/s and p99 at 8 connections while the
-pointer flips between two states as fast as `wrangler kv key put` allows,
-as ratios to a control run with the same writer putting an unrelated key
-(so the wrangler CLI's CPU on this machine is in both runs and the ratio
-is the cost of the swaps).
+pointer moves through three states every second, as ratios to a control run
+with the same writer putting an unrelated key every second (so the
+writer's CPU is in both runs and the ratio is the cost of the swaps). The
+writer is one long-lived Miniflare on the instance's persisted KV
+(scripts/bench/kv_writer.js): `wrangler kv key put` costs 2.8 s a put
+here, which made the pointer flip only every ~2 s. The swaps the isolate
+made (its `ok` load log lines) are counted and printed with the writes.
 
     .venv/bin/python scripts/bench/live_state.py --bundle build --state5 FILE --account5 ID [--seconds 10]
 """
@@ -16,11 +19,13 @@ import argparse
 import gzip
 import json
 import re
+import select
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +52,57 @@ def push(worker: conftest.Worker, state: Path, *extra: str) -> str:
                          cwd=ROOT, env={"EDGEFLAG_CLI": str(CLI), "PATH": "/usr/bin:/bin:/usr/local/bin"},
                          capture_output=True, text=True, check=True, timeout=300)
     return out.stdout.strip()
+
+
+class KvWriter:
+    """scripts/bench/kv_writer.js on the instance's STATE_KV: one Miniflare
+    for every put, so a put costs milliseconds, not a wrangler start."""
+
+    def __init__(self, worker: conftest.Worker) -> None:
+        config = tomllib.loads(worker.config_path.read_text())
+        ns = next(k["id"] for k in config["kv_namespaces"] if k["binding"] == "STATE_KV")
+        self.proc = subprocess.Popen(["node", str(ROOT / "scripts" / "bench" / "kv_writer.js"), str(worker.state_dir), ns],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self._line(60) != "ready":
+            self.close()
+            raise SystemExit("live_state: kv_writer.js did not start")
+
+    def _line(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline().strip() if ready else ""
+
+    def put(self, key: str, path: Path) -> float:
+        """Puts the file's bytes at `key`; returns the put's own ms."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{key}\t{path}\n")
+        self.proc.stdin.flush()
+        answer = self._line(30)
+        if not answer.startswith("ok "):
+            raise SystemExit(f"live_state: kv_writer.js put {key}: {answer!r}")
+        return float(answer[3:])
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def kv_loads(worker: conftest.Worker, etags: set[str]) -> tuple[int, int]:
+    """The isolate's KV loads so far: (refreshes, of which swaps to one of `etags`)."""
+    dec = json.JSONDecoder()
+    refreshes = swaps = 0
+    for line in worker.log_tail(10_000_000).splitlines():
+        if '"event":"state_load"' in line:
+            x = dec.raw_decode(line[line.index("{"):])[0]
+            if x.get("source") == "kv":
+                refreshes += 1
+                swaps += x.get("result") == "ok" and x.get("etag") in etags
+    return refreshes, swaps
 
 
 def serving(worker: conftest.Worker) -> str | None:
@@ -124,12 +180,20 @@ def main() -> None:
             print(f"| {name} | {size} | {ms} |")
         print()
 
-        # Two demo-sized states and their pointers, written once.
-        b = json.loads(demo.read_text())
-        b["flags"]["flags/welcome-banner"]["variants"][1]["value"]["message"] = "Welcome, B!"
-        (tmp / "b.json").write_text(json.dumps(b))
+        # Three demo-sized states and their pointers, written once. Three,
+        # not two: a refresh is due 1 s after the last one was claimed, so
+        # refreshes come a little less often than the writes and now and
+        # then two writes fall between two refreshes; with A/B that reads
+        # A→B→A, "unchanged", and the swap is lost. With A→B→C each refresh
+        # after a write swaps.
         pointers = {}
-        for name, path in (("a", demo), ("b", tmp / "b.json")):
+        names = ("a", "b", "c")
+        for name in names:
+            state = json.loads(demo.read_text())
+            if name != "a":
+                state["flags"]["flags/welcome-banner"]["variants"][1]["value"]["message"] = f"Welcome, {name}!"
+            path = tmp / f"{name}.json"
+            path.write_text(json.dumps(state))
             subprocess.run([str(CLI), "convert", "--state", str(path), "--to", "envelope", "--out",
                             str(tmp / f"{name}.blob"), "--pointer", str(tmp / f"{name}.ptr")], check=True)
             pointers[name] = json.loads((tmp / f"{name}.ptr").read_text())["etag"]
@@ -140,39 +204,68 @@ def main() -> None:
         lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                        f"wrk.body = [[{BODY}]]\n")
 
-        def run(key_for: callable) -> tuple[float, float, int]:
+        writer = KvWriter(worker)
+
+        def run(key_for: callable) -> dict:
+            """wrk at 8 connections while the writer puts key_for(i) once a
+            second, on a fixed schedule from one second before wrk starts."""
             stop = threading.Event()
-            writes = [0]
+            done: list[tuple[float, float]] = []  # (when it landed, its ms)
+            before = kv_loads(worker, set(pointers.values()))
 
-            def writer() -> None:
-                i = 0
-                while not stop.is_set():
+            def write() -> None:
+                t0 = time.monotonic()
+                for i in range(args.seconds + 30):  # bounded; stop ends it first
+                    delay = t0 + i - time.monotonic()
+                    if stop.wait(max(delay, 0)):
+                        break
                     key, path = key_for(i)
-                    kv_put(worker, key, path)
-                    writes[0] += 1
-                    i += 1
+                    ms = writer.put(key, path)
+                    done.append((time.monotonic(), ms))
 
-            t = threading.Thread(target=writer)
+            t = threading.Thread(target=write)
             t.start()
             time.sleep(1.0)
+            started = time.monotonic()
             try:
                 rps, p99 = wrk(worker, args.seconds, lua)
             finally:
+                ended = time.monotonic()
                 stop.set()
-                t.join(timeout=120)
-            return rps, p99, writes[0]
+                t.join(timeout=60)
+            time.sleep(1.5)  # the last flip's refresh, and wrangler's log
+            gaps = [b[0] - a[0] for a, b in zip(done, done[1:])]
+            return {
+                "rps": rps, "p99": p99, "writes": len(done),
+                # Refreshes run on requests: a write after wrk stopped is never swapped in.
+                "during": sum(started <= at <= ended for at, _ in done),
+                "interval": sum(gaps) / len(gaps) if gaps else 0.0,
+                "put_ms": sorted(ms for _, ms in done)[len(done) // 2] if done else 0.0,
+                **dict(zip(("refreshes", "swaps"),
+                           (b - a for a, b in zip(before, kv_loads(worker, set(pointers.values())))))),
+            }
 
-        control = run(lambda i: ("bench:unrelated", tmp / "a.ptr"))
-        swaps = run(lambda i: ("state:current", tmp / ("b.ptr" if i % 2 == 0 else "a.ptr")))
-        print(f"| 8 connections, {args.seconds} s | req/s | p99 ms | KV writes during the run |")
-        print("|---|---:|---:|---:|")
-        print(f"| control (writer puts an unrelated key) | {control[0]:.0f} | {control[1]:.2f} | {control[2]} |")
-        print(f"| pointer flipping A/B (each write a swap) | {swaps[0]:.0f} | {swaps[1]:.2f} | {swaps[2]} |")
-        print(f"| ratio (swaps / control) | {swaps[0] / control[0]:.2f} | {swaps[1] / control[1]:.2f} | |")
+        try:
+            control = run(lambda i: ("bench:unrelated", tmp / "a.ptr"))
+            swaps = run(lambda i: ("state:current", tmp / f"{names[(i + 1) % 3]}.ptr"))
+        finally:
+            writer.close()
+        print(f"| 8 connections, {args.seconds} s | req/s | p99 ms | KV writes (during wrk) | mean s between writes"
+              " | median put ms | refreshes | swaps in the isolate |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for name, r in (("control (writer puts an unrelated key)", control),
+                        ("pointer moving A→B→C→A every second", swaps)):
+            print(f"| {name} | {r['rps']:.0f} | {r['p99']:.2f} | {r['writes']} ({r['during']}) | {r['interval']:.2f}"
+                  f" | {r['put_ms']:.1f} | {r['refreshes']} | {r['swaps']} |")
+        print(f"| ratio (swaps / control) | {swaps['rps'] / control['rps']:.2f} | {swaps['p99'] / control['p99']:.2f}"
+              " | | | | | |")
         print()
-        print("Each `wrangler kv key put` takes seconds on this machine, so the pointer flips about every"
-              f" {args.seconds / max(swaps[2], 1):.1f} s rather than every second; every flip is a full swap"
-              " (pointer read, blob read, sha256, decode, validation, swap) in the isolate's refresh.")
+        print(f"The pointer moved {swaps['writes']} times, every {swaps['interval']:.2f} s on average,"
+              f" {swaps['during']} of them while wrk ran; the isolate refreshed {swaps['refreshes']} times and swapped"
+              f" {swaps['swaps']} times (STATE_REFRESH_SECONDS=1: a refresh is due 1 s after the previous one was"
+              " claimed, by a request, so refreshes come a little less often than once a second and none after wrk"
+              " stops). Every swap is a full one: pointer read, blob read, sha256, decode, validation, swap, in the"
+              " isolate's refresh.")
         print()
     finally:
         worker.stop()

@@ -7,7 +7,9 @@
 //! everything, across its awaits. Only an isolate with no state at all waits
 //! for a load; otherwise, once the snapshot's source was last checked more
 //! than `STATE_REFRESH_SECONDS` (default 30) ago, one request claims a
-//! refresh and runs it in `wait_until`, off the response. A refresh reads
+//! refresh and runs it in `wait_until`, off the response. Concurrent first
+//! requests of a cold isolate share one load ([`claim_cold_load`]): one
+//! pointer read, one blob read and decode, however many arrive. A refresh reads
 //! the pointer, and only if it names another state reads, verifies, decodes
 //! and validates the blob, then swaps it in whole. Every attempt is counted
 //! (`edgeflag_state_loads_total`) and logged as one JSON line; a failed one
@@ -34,6 +36,12 @@ static CHECKED_MS: AtomicU64 = AtomicU64::new(0);
 /// 0 when no refresh runs, else its start time + 1.
 static REFRESH_CLAIM: AtomicU64 = AtomicU64::new(0);
 
+/// 0 when no cold load runs, else its start time + 1. The load runs in the
+/// `wait_until` of the request that started it; every request waiting for
+/// it (that one included) checks on its own timer, so none is woken from
+/// another request's I/O (workerd ties I/O to the request that made it).
+static COLD_CLAIM: AtomicU64 = AtomicU64::new(0);
+
 pub const KV_BINDING: &str = "STATE_KV";
 const DEFAULT_REFRESH_SECONDS: u64 = 30;
 /// A refresh that has not finished by then (its `wait_until` was cut
@@ -41,6 +49,11 @@ const DEFAULT_REFRESH_SECONDS: u64 = 30;
 const CLAIM_TIMEOUT_MS: u64 = 30_000;
 /// Per KV read of a load, retries included.
 const READ_BUDGET_MS: f64 = 5_000.0;
+/// The longest a request waits for a cold load: its two KV reads' budgets
+/// plus decoding. A load still running by then no longer blocks a fresh one.
+const COLD_WAIT_MS: u64 = 15_000;
+/// How often a waiting request checks whether the cold load finished.
+const COLD_POLL_MS: u64 = 5;
 
 /// The serving snapshot, if any (no load, no refresh).
 pub fn current() -> Option<Arc<Snapshot>> {
@@ -65,9 +78,15 @@ pub async fn snapshot(env: &Env, ctx: &Context) -> Result<Arc<Snapshot>, ApiErro
         schedule_refresh(env, ctx);
         return Ok(s);
     }
-    let now = runtime::now_ms() as u64;
-    CHECKED_MS.store(now, Ordering::Relaxed);
-    load(env).await;
+    if let Some(started) = claim_cold_load() {
+        let env = env.clone();
+        // In wait_until: the load finishes even if this request's client goes.
+        ctx.wait_until(async move {
+            load(&env).await;
+            let _ = COLD_CLAIM.compare_exchange(started, 0, Ordering::AcqRel, Ordering::Acquire);
+        });
+    }
+    wait_for_cold_load().await;
     STATE.current().ok_or_else(|| {
         let why = last_error().unwrap_or_else(|| "no state has been pushed".to_string());
         ApiError::new(503, "UNAVAILABLE", format!("no valid flag state is loaded yet: {why}"))
@@ -79,13 +98,42 @@ pub async fn snapshot(env: &Env, ctx: &Context) -> Result<Arc<Snapshot>, ApiErro
 pub async fn for_background(env: &Env) -> Option<Arc<Snapshot>> {
     let now = runtime::now_ms() as u64;
     if STATE.current().is_none() {
-        CHECKED_MS.store(now, Ordering::Relaxed);
-        load(env).await;
+        if let Some(started) = claim_cold_load() {
+            load(env).await;
+            let _ = COLD_CLAIM.compare_exchange(started, 0, Ordering::AcqRel, Ordering::Acquire);
+        } else {
+            wait_for_cold_load().await;
+        }
     } else if refresh_due(env, now) && try_claim(now) {
         load(env).await;
         REFRESH_CLAIM.store(0, Ordering::Release);
     }
     STATE.current()
+}
+
+/// Claims the cold load (returns its claim) unless one is running and
+/// younger than [`COLD_WAIT_MS`]. One that finished without a state left
+/// no claim: the next request retries it.
+fn claim_cold_load() -> Option<u64> {
+    let now = runtime::now_ms() as u64;
+    let claim = COLD_CLAIM.load(Ordering::Acquire);
+    if claim != 0 && now.saturating_sub(claim.saturating_sub(1)) < COLD_WAIT_MS {
+        return None;
+    }
+    let mine = now.saturating_add(1);
+    COLD_CLAIM.compare_exchange(claim, mine, Ordering::AcqRel, Ordering::Acquire).ok()?;
+    CHECKED_MS.store(now, Ordering::Relaxed);
+    Some(mine)
+}
+
+/// Waits until a state serves or no cold load runs, at most [`COLD_WAIT_MS`].
+async fn wait_for_cold_load() {
+    for _ in 0..COLD_WAIT_MS / COLD_POLL_MS {
+        if STATE.current().is_some() || COLD_CLAIM.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        ::worker::Delay::from(std::time::Duration::from_millis(COLD_POLL_MS)).await;
+    }
 }
 
 /// `STATE_REFRESH_SECONDS`, in ms.
@@ -169,8 +217,9 @@ async fn finish(a: Attempt, started: f64, now: u64) -> Option<LoadResult> {
             snap.source = a.source.as_str().to_string();
             snap.loaded_at_ms = now;
             let stats = Some((snap.stats.flags, snap.stats.segments, snap.stats.bytes));
-            // A cold isolate's concurrent first loads: the first wins. A
-            // refresh runs alone, so it always replaces.
+            // A cold load (one at a time, but one outlived by COLD_WAIT_MS
+            // may still finish) never replaces a state; a refresh runs
+            // alone, so it always replaces.
             if STATE.current().is_none() {
                 STATE.install_first(snap);
             } else {

@@ -24,6 +24,9 @@ Fixtures:
   start_worker    factory: start_worker(vars={...}, secrets={...}, label="") -> Worker
   base_url        the default instance's URL, e.g. http://127.0.0.1:40123
   built_worker    the session's Bundle (launch_worker(..., bundle=) takes another)
+  none_bundle     a bundle built with EDGEFLAG_STATE=none (no embedded state), in
+                  target/e2e-none/build, rebuilt only when its inputs change
+                  (cached_bundle); launch_worker(..., bundle=none_bundle)
 """
 
 from __future__ import annotations
@@ -268,6 +271,54 @@ def snapshot_bundle(build_dir: Path, dest: Path) -> Bundle:
     return Bundle(dir=dest, state_etag=manifest["stateEtag"])
 
 
+def bundle_inputs_hash(extra: list[Path]) -> str:
+    """A hash of everything a bundle is built from (`extra`: its state)."""
+    h = hashlib.sha256()
+    paths = [REPO / p for p in ("build.rs", "Cargo.toml", "Cargo.lock", "scripts/build-worker.sh")] + extra
+    for d in ("src", "proto"):
+        paths += sorted(p for p in (REPO / d).rglob("*") if p.is_file())
+    for p in paths:
+        h.update(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def say(config: pytest.Config, line: str) -> None:
+    """A line on pytest's own output, past its capture (build times)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():  # fd 1 is captured meanwhile
+        reporter.write_line(line)
+
+
+def cached_bundle(
+    state: str, out: str, dest: Path, extra: list[Path] | None = None, config: pytest.Config | None = None
+) -> Bundle:
+    """scripts/build-worker.sh with EDGEFLAG_STATE=`state` into `out`
+    (relative to REPO, beside build/, which keeps the demo state), skipped
+    while a whole build of the same inputs is there; then snapshotted to
+    `dest`. It shares target/ with build/, so a rebuild recompiles only the
+    edgeflag crate (its embedded state changed) and relinks."""
+    stamp_path = (REPO / out).parent / "stamp"
+    stamp = bundle_inputs_hash(extra or [])
+    whole = (REPO / out / "edgeflag-build.json").exists()
+    if not (whole and stamp_path.exists() and stamp_path.read_text() == stamp):
+        started = time.monotonic()
+        subprocess.run(
+            ["bash", str(REPO / "scripts" / "build-worker.sh")],
+            cwd=REPO,
+            env=dict(os.environ, EDGEFLAG_STATE=state, EDGEFLAG_OUT_DIR=out),
+            check=True,
+            timeout=BUILD_TIMEOUT,
+        )
+        stamp_path.write_text(stamp)
+        if config is not None:
+            say(config, f"cached_bundle: built {out} (EDGEFLAG_STATE={state}) in {time.monotonic() - started:.0f} s")
+    return snapshot_bundle(REPO / out, dest)
+
+
 # The bundle every instance runs unless told otherwise; set once per session
 # by the `built_worker` fixture.
 _session_bundle: Bundle | None = None
@@ -502,6 +553,17 @@ def built_worker(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
         pytest.fail(f"{WRANGLER} missing: run `bash scripts/setup.sh --e2e`")
     _session_bundle = snapshot_bundle(REPO / "build", tmp_path_factory.mktemp("bundle"))
     return _session_bundle
+
+
+@pytest.fixture(scope="session")
+def none_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Bundle:
+    """The recommended production build, EDGEFLAG_STATE=none: no embedded
+    state, 503 until its first state loads from STATE_KV. Built after the
+    session's bundle (never both at once), reused while its inputs are the
+    same."""
+    bundle = cached_bundle("none", "target/e2e-none/build", tmp_path_factory.mktemp("none-bundle"), config=pytestconfig)
+    assert bundle.state_etag == "none", bundle
+    return bundle
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,10 @@ serves within STATE_REFRESH_SECONDS, with no restart.
   corrupt bitset): the previous state keeps serving, /metrics counts the
   result and the worker log's JSON line names the reason.
 - /readyz before the first state and after it; MAX_STATE_AGE_SECONDS.
+- The recommended production build, EDGEFLAG_STATE=none (the none_bundle
+  fixture): 503 with a JSON reason on every state route until the first
+  push, then 200 with the pushed state's etag; and a cold isolate's
+  concurrent first requests share one load.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, Worker, parse_prometheus, poll
+from conftest import REPO, Bundle, Worker, fresh_session, launch_worker, parse_prometheus, poll
 
 SECRET = "demo-secret"
 CLI = REPO / "target" / "debug" / "edgeflag"
@@ -310,6 +314,107 @@ def test_readyz_before_and_after_the_first_state(worker: Worker, http: requests.
     assert r.headers.get("x-edgeflag-state-etag") == etag
     r = http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
     assert r.status_code == 200 and r.headers.get("x-edgeflag-state-etag") == etag
+
+
+OFREP_AUTH = {"Authorization": f"Bearer {SECRET}"}
+OFREP_CTX = {"context": {"targetingKey": "user-1", "country": "SE"}}
+
+
+def test_a_none_build_is_unavailable_until_its_first_state(
+    none_bundle: Bundle, http: requests.Session, states: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    worker = launch_worker(tmp_path_factory.mktemp("none-build"), LIVE, bundle=none_bundle)
+    try:
+        r = http.get(worker.url("/healthz"), timeout=TIMEOUT)
+        assert r.status_code == 200 and r.json()["embeddedEtag"] == "none" and r.json()["serving"] is None, r.text
+        r = http.get(worker.url("/readyz"), timeout=TIMEOUT)
+        assert r.status_code == 503 and r.headers["Content-Type"].startswith("application/json"), r.text
+        assert r.json()["ready"] is False and "EDGEFLAG_STATE=none" in r.json()["reason"], r.text
+        r = http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "UNAVAILABLE", r.text
+        assert "no valid flag state" in r.json()["error"]["message"], r.text
+        assert "x-edgeflag-state-etag" not in r.headers
+        r = http.post(worker.url("/ofrep/v1/evaluate/flags/welcome-banner"), json=OFREP_CTX, headers=OFREP_AUTH,
+                      timeout=TIMEOUT)
+        assert r.status_code == 503 and r.json()["errorCode"] == "GENERAL", r.text
+        assert r.json()["key"] == "welcome-banner" and "no valid flag state" in r.json()["errorDetails"], r.text
+        r = http.post(worker.url("/ofrep/v1/evaluate/flags"), json=OFREP_CTX, headers=OFREP_AUTH, timeout=TIMEOUT)
+        assert r.status_code == 503 and r.json()["errorCode"] == "GENERAL", r.text
+        assert http.get(worker.url("/v1/state:etag"), timeout=TIMEOUT).status_code == 503
+
+        etag = push(worker, states["a"])
+        assert poll(lambda: http.get(worker.url("/readyz"), timeout=TIMEOUT).status_code == 200, 40, 0.5), \
+            worker.log_tail()
+        r = http.get(worker.url("/readyz"), timeout=TIMEOUT)
+        assert r.json()["etag"] == etag and r.json()["source"] == "kv", r.text
+        r = http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers.get("x-edgeflag-state-etag") == etag, r.text
+        assert r.json()["resolvedFlags"], r.text
+        r = http.post(worker.url("/ofrep/v1/evaluate/flags/welcome-banner"), json=OFREP_CTX, headers=OFREP_AUTH,
+                      timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers.get("x-edgeflag-state-etag") == etag, r.text
+        assert r.json()["value"]["message"] == "Hej och välkommen!", r.text
+        r = http.post(worker.url("/ofrep/v1/evaluate/flags"), json=OFREP_CTX, headers=OFREP_AUTH, timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers.get("x-edgeflag-state-etag") == etag, r.text
+        r = http.get(worker.url("/healthz"), timeout=TIMEOUT)
+        assert r.json()["embeddedEtag"] == "none" and r.json()["serving"] == etag, r.text
+    finally:
+        worker.stop()
+
+
+def test_a_cold_isolate_shares_one_first_load(
+    none_bundle: Bundle, states: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """16 concurrent first requests to an isolate with no state, a state
+    already pushed: one pointer read and one blob load between them (one
+    `ok` load counted and logged), every request answered from it. The
+    state is padded to 3000 flags (830 KB of blob, about 0.7 s to load
+    here) so that the requests surely arrive while the load runs: with a
+    load per request, this state gave 7 `ok` loads for 16 requests."""
+    big = json.loads(DEMO.read_text())
+    template = json.dumps(big["flags"]["flags/search-tuning"])
+    for i in range(3000):
+        big["flags"][f"flags/pad-{i}"] = json.loads(template.replace("flags/search-tuning", f"flags/pad-{i}"))
+    big_path = states["dir"] / "big.json"
+    big_path.write_text(json.dumps(big))
+    worker = launch_worker(tmp_path_factory.mktemp("cold-load"), LIVE, bundle=none_bundle)
+    try:
+        etag = push(worker, big_path)  # before any request that loads (/healthz does not)
+        n = 16
+        gate = threading.Barrier(n)
+
+        def first(i: int) -> tuple[int, str | None]:
+            with fresh_session() as s:
+                gate.wait(timeout=30)
+                r = s.post(worker.url("/v1/flags:resolve"), json=dict(body(i), flags=["flags/welcome-banner"]),
+                           timeout=30)
+                return r.status_code, r.headers.get("x-edgeflag-state-etag")
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(first, range(n)))
+        assert answers == [(200, etag)] * n, answers
+
+        def ok_lines() -> list[dict]:
+            return [x for x in state_load_lines(worker) if x["source"] == "kv" and x["result"] == "ok"]
+
+        # wrangler writes the log a moment later.
+        assert poll(ok_lines, 20, 0.25), worker.log_tail()
+        with fresh_session() as http:
+            def counted() -> bool:
+                http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)  # drives the flush
+                return load_count(loads(http, worker), "kv", "ok") >= 1
+
+            assert poll(counted, 40, 0.5), worker.log_tail()
+            # Two flush intervals and a flush later, any other load would be counted.
+            time.sleep(2.5)
+            http.post(worker.url("/v1/flags:resolve"), json=body(0), timeout=TIMEOUT)
+            time.sleep(1.5)
+            assert load_count(loads(http, worker), "kv", "ok") == 1, loads(http, worker)
+        assert len(ok_lines()) == 1, ok_lines()
+    finally:
+        worker.stop()
 
 
 def test_push_refuses_an_invalid_state_and_is_canonical(worker: Worker, cli: Path, states: dict, tmp_path: Path) -> None:

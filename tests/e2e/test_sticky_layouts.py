@@ -20,7 +20,6 @@ round gets its own instance (own KV), all rounds started in parallel.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -33,13 +32,11 @@ from typing import Iterator
 import pytest
 import requests
 
-from conftest import REPO, REQUEST_TIMEOUT, WRANGLER, Bundle, Worker, fresh_session, launch_worker, poll, snapshot_bundle
+from conftest import REPO, REQUEST_TIMEOUT, WRANGLER, Bundle, Worker, cached_bundle, fresh_session, launch_worker, poll
 
 SPEC = REPO.parent / "shared" / "conformance" / "resolver-spec"
 SPEC_STATE = REPO / "target" / "e2e-spec" / "state.json"  # the suite's, plus UNREADABLE_FLAG
 SPEC_OUT = "target/e2e-spec/build"  # relative to REPO, as build-worker.sh wants
-SPEC_STAMP = REPO / "target" / "e2e-spec" / "stamp"
-BUILD_TIMEOUT = 1800
 KV_TIMEOUT = 60
 # A rule no spec flag has: seeds "unit is in the materialization" with no
 # variant for any rule a case reads, as another flag's write would.
@@ -246,19 +243,8 @@ def mismatches(expected: dict, actual: dict) -> list[str]:
 # --- Fixtures ------------------------------------------------------------------------
 
 
-def inputs_hash() -> str:
-    h = hashlib.sha256()
-    paths = [REPO / p for p in ("build.rs", "Cargo.toml", "Cargo.lock", "scripts/build-worker.sh")] + [SPEC_STATE]
-    for d in ("src", "proto"):
-        paths += sorted(p for p in (REPO / d).rglob("*") if p.is_file())
-    for p in paths:
-        h.update(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
-def spec_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+def spec_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Bundle:
     """The Worker with the suite's state, in its own out dir (build/ keeps
     the demo state the other tests use); rebuilt only when its inputs change,
     and served, like every bundle, from a checked private copy."""
@@ -266,19 +252,7 @@ def spec_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory) 
     SPEC_STATE.parent.mkdir(parents=True, exist_ok=True)
     if not SPEC_STATE.exists() or SPEC_STATE.read_text(encoding="utf-8") != text:
         SPEC_STATE.write_text(text, encoding="utf-8")
-    stamp = inputs_hash()
-    whole = (REPO / SPEC_OUT / "edgeflag-build.json").exists()
-    if not (whole and SPEC_STAMP.exists() and SPEC_STAMP.read_text() == stamp):
-        env = {"EDGEFLAG_STATE": str(SPEC_STATE), "EDGEFLAG_OUT_DIR": SPEC_OUT}
-        subprocess.run(
-            ["bash", str(REPO / "scripts" / "build-worker.sh")],
-            cwd=REPO,
-            env=dict(os.environ, **env),
-            check=True,
-            timeout=BUILD_TIMEOUT,
-        )
-        SPEC_STAMP.write_text(stamp)
-    return snapshot_bundle(REPO / SPEC_OUT, tmp_path_factory.mktemp("spec-bundle"))
+    return cached_bundle(str(SPEC_STATE), SPEC_OUT, tmp_path_factory.mktemp("spec-bundle"), [SPEC_STATE], pytestconfig)
 
 
 def kv(*args: str, persist: Path) -> str:
