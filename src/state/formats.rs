@@ -131,7 +131,7 @@ enum Sniffed {
 
 fn sniff(bytes: &Bytes) -> Sniffed {
     let text = strip_bom(bytes);
-    if text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+    if looks_like_json(text) {
         #[cfg(json_states)]
         return Sniffed::Format(detect_json(text));
         // Which JSON layout does not matter: the isolate refuses both.
@@ -164,13 +164,17 @@ fn decode_shared(bytes: Bytes, format: Option<StateFormat>) -> Result<DecodedSta
         },
     };
     let bare = |state| DecodedState { state, account_id: None, log_destinations: Vec::new(), format };
-    match format {
+    // Where the format is forced (KV blobs are envelopes), a JSON state
+    // fails as garbage protobuf; then say what it is and how to fix it.
+    #[cfg(not(json_states))]
+    let json = looks_like_json(&bytes);
+    let decoded = match format {
         StateFormat::Protobuf => ResolverState::decode(bytes).map(bare).map_err(FormatError::Protobuf),
-        StateFormat::Envelope => {
-            let env = ClientResolverState::decode(bytes).map_err(FormatError::Envelope)?;
+        // No `?` here: the JSON check below must see every error.
+        StateFormat::Envelope => ClientResolverState::decode(bytes).map_err(FormatError::Envelope).and_then(|env| {
             let state = ResolverState::decode(env.state).map_err(FormatError::EnvelopeState)?;
             Ok(envelope_state(state, &env.account, env.log_destinations))
-        }
+        }),
         #[cfg(json_states)]
         StateFormat::ProtoJson => {
             serde_json::from_slice::<ResolverState>(strip_bom(&bytes)).map(bare).map_err(FormatError::ProtoJson)
@@ -179,7 +183,10 @@ fn decode_shared(bytes: Bytes, format: Option<StateFormat>) -> Result<DecodedSta
         StateFormat::SuiteJson => decode_suite(&bytes),
         #[cfg(not(json_states))]
         StateFormat::ProtoJson | StateFormat::SuiteJson => Err(FormatError::JsonInIsolate),
-    }
+    };
+    #[cfg(not(json_states))]
+    let decoded = decoded.map_err(|e| if json { FormatError::JsonInIsolate } else { e });
+    decoded
 }
 
 fn envelope_state(state: ResolverState, account: &str, log_destinations: Vec<i32>) -> DecodedState {
@@ -209,6 +216,11 @@ pub fn encode_envelope(state: &admin::ResolverState, account_id: &str, log_desti
 #[cfg(json_states)]
 pub fn to_proto_json(state: &admin::ResolverState) -> Result<String, FormatError> {
     serde_json::to_string_pretty(state).map_err(FormatError::JsonEncode)
+}
+
+/// Starts like a JSON object (after a BOM and whitespace).
+fn looks_like_json(bytes: &[u8]) -> bool {
+    strip_bom(bytes).iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 fn strip_bom(bytes: &[u8]) -> &[u8] {
