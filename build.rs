@@ -37,8 +37,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&out)
         .build(&[".confidence", ".google.type", ".edgeflag"])?;
 
+    json_states_cfg();
     embed_state(&out)?;
     Ok(())
+}
+
+/// `cfg(json_states)`: the JSON state decoders are compiled in. Natively
+/// always (the CLI converts JSON); in the wasm only with the
+/// `wasm-json-states` feature, which exists to measure what they cost.
+fn json_states_cfg() {
+    println!("cargo:rustc-check-cfg=cfg(json_states)");
+    let wasm = std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "wasm32");
+    if !wasm || std::env::var_os("CARGO_FEATURE_WASM_JSON_STATES").is_some() {
+        println!("cargo:rustc-cfg=json_states");
+    }
 }
 
 /// The worker serves a state compiled into it: `EDGEFLAG_STATE` (any format
@@ -78,6 +90,18 @@ fn embed_state(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> 
     };
     println!("cargo:rerun-if-changed={}", path.display());
     let bytes = std::fs::read(&path).map_err(|e| format!("EDGEFLAG_STATE {}: {e}", path.display()))?;
+    // The wasm build decodes protobuf only (src/state/formats.rs); build-worker.sh
+    // converts a JSON state before it gets here, a bare `cargo build` does not.
+    let json =
+        bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes).iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let wasm = std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "wasm32");
+    if json && wasm && std::env::var_os("CARGO_FEATURE_WASM_JSON_STATES").is_none() {
+        println!(
+            "cargo:warning=embedding the JSON state {}: the worker decodes protobuf only and will refuse it; \
+             build with scripts/build-worker.sh (it converts it) or convert it with `edgeflag convert --to envelope`",
+            path.display()
+        );
+    }
     // The same identity as `etag_of` in src/state/snapshot.rs.
     let etag = format!("{:032x}", fastmurmur3::murmur3_x64_128(&bytes, 0));
     let validated = std::env::var("EDGEFLAG_STATE_VALIDATED").ok().filter(|v| !v.is_empty());

@@ -40,8 +40,12 @@
 #                     same invocation, else measured here).
 #   bench_cold_start  fresh workerd -> first resolve, sent straight to the
 #                     Worker's workerd as soon as it listens, for the
-#                     baseline, edgeflag with the demo state and edgeflag
-#                     with a generated 5 MB state (scripts/bench/gen_state.rs).
+#                     baseline, edgeflag with the demo state, the real
+#                     3-flag state (../shared/states/resolver_state.pb) and a
+#                     generated 5 MB state (scripts/bench/gen_state.rs); first
+#                     a breakdown: wasm compile/instantiate in deno
+#                     (scripts/bench/wasm_cold.mjs), state decode + index and
+#                     the first resolve's JSON natively (scripts/bench/cold_load.rs).
 #   bench_telemetry   queue messages per 1,000 resolves, from the Worker's
 #                     /metrics after the workerd section's load (or after
 #                     its own wrk run when that section did not run).
@@ -206,6 +210,10 @@ ensure_tools() {
 # --- builds ----------------------------------------------------------------------------
 STATE_5MB=$SCRATCH/state-5mb.pb
 ACCOUNT_5MB=bench-account
+# The real 3-flag state of the shared fixtures (it carries no account).
+STATE_REAL=$ROOT/../shared/states/resolver_state.pb
+ACCOUNT_REAL=bench-account
+REAL_SECRET=mkjJruAATQWjeY7foFIWfVAcBWnci2YF
 
 gen_5mb_state() {
     if [ -f "$STATE_5MB" ] && [ "$STATE_5MB" -nt scripts/bench/synth.rs ] && [ "$STATE_5MB" -nt scripts/bench/gen_state.rs ]; then
@@ -265,6 +273,7 @@ build_all() {
     [ "$BUILT" = 1 ] && return 0
     gen_5mb_state
     build_edgeflag 5mb "$STATE_5MB" "$ACCOUNT_5MB"
+    build_edgeflag real "$STATE_REAL" "$ACCOUNT_REAL"
     build_edgeflag demo
     # build/ is the default (demo) build afterwards, whatever was rebuilt.
     if ! cmp -s build/index_bg.wasm "$SCRATCH/worker-demo/build/index_bg.wasm" 2>/dev/null; then
@@ -284,6 +293,7 @@ target_config() { # NAME -> "CONFIG SCRIPT"
         baseline) echo "scripts/bench/baseline/wrangler.toml scripts/bench/baseline/build/worker/shim.mjs" ;;
         edgeflag-demo) echo "wrangler.toml $SCRATCH/worker-demo/build/worker/shim.mjs" ;;
         edgeflag-5mb) echo "wrangler.toml $SCRATCH/worker-5mb/build/worker/shim.mjs" ;;
+        edgeflag-real) echo "wrangler.toml $SCRATCH/worker-real/build/worker/shim.mjs" ;;
         *) die "unknown target $1" ;;
     esac
 }
@@ -292,6 +302,10 @@ body_head() {
         baseline | edgeflag-demo)
             printf '{"flags":["%s"],"clientSecret":"%s","apply":false,"evaluationContext":{"country":"SE","targeting_key":"user-' \
                 "$DEMO_FLAG" "$DEMO_SECRET"
+            ;;
+        edgeflag-real)
+            printf '{"flags":["flags/tutorial-feature"],"clientSecret":"%s","apply":false,"evaluationContext":{"country":"SE","targeting_key":"user-' \
+                "$REAL_SECRET"
             ;;
         edgeflag-5mb)
             printf '{"flags":["flags/bench-flag-00000"],"clientSecret":"bench-secret-0","apply":false,"evaluationContext":{"country":"SE","targeting_key":"user-'
@@ -701,18 +715,60 @@ wait_workerd_ports() { # NAME
     die "$1: the Worker's workerd did not listen within ${READY_TIMEOUT}s"
 }
 
+# deno (PyPI's redistribution of its binary, into .venv): a V8 as recent
+# as workerd's, to time wasm compilation, which workerd's frozen clocks and
+# node 20's older V8 (no wasm exnref) cannot.
+DENO_VERSION=2.9.8
+ensure_deno() {
+    if [ ! -x .venv/bin/deno ] || ! .venv/bin/deno --version 2>/dev/null | grep -q "^deno $DENO_VERSION "; then
+        [ -x .venv/bin/python ] || bash scripts/setup.sh --e2e >&2
+        log "pip install deno==$DENO_VERSION (into .venv)"
+        timeout 600 .venv/bin/python -m pip install --quiet --disable-pip-version-check "deno==$DENO_VERSION" >&2 ||
+            die "installing deno failed"
+    fi
+}
+
+# Where a cold isolate's first resolve goes, step by step: the wasm
+# compile and instantiate of each bundle (deno), then decoding and indexing
+# each state and the first resolve's JSON (natively).
+cold_breakdown() {
+    ensure_deno
+    local v8 wasms=(
+        "baseline=scripts/bench/baseline/build/index_bg.wasm"
+        "edgeflag-demo=$SCRATCH/worker-demo/build/index_bg.wasm"
+        "edgeflag-real=$SCRATCH/worker-real/build/index_bg.wasm"
+        "edgeflag-5mb=$SCRATCH/worker-5mb/build/index_bg.wasm"
+    )
+    v8=$(.venv/bin/deno --version | awk '/^v8/ { print $2 }')
+    echo "## Cold start breakdown"
+    echo
+    echo "wasm compile and instantiate (deno $DENO_VERSION, V8 $v8; ${COLD_RUNS:-15} fresh compiles of each bundle's index_bg.wasm in one process, median [min-max]; stub imports, so no Rust code runs). Lazy is V8's default (workerd's too): functions compile on their first call, which the first resolve then pays; eager compiles the whole module up front."
+    echo
+    RUNS=${COLD_RUNS:-15} timeout 600 .venv/bin/deno run --allow-read --allow-env scripts/bench/wasm_cold.mjs "${wasms[@]}"
+    echo
+    MODE=eager RUNS=${COLD_RUNS:-15} timeout 600 .venv/bin/deno run --v8-flags=--no-wasm-lazy-compilation --allow-read \
+        --allow-env scripts/bench/wasm_cold.mjs "${wasms[@]}"
+    echo
+    echo "State decode + index, natively (\`cargo run --release --example cold_load\`; the isolate runs the same code as wasm, slower):"
+    echo
+    timeout 900 cargo run --quiet --release --example cold_load -- "${COLD_RUNS:-15}" 2>/dev/null || echo "(cold_load failed)"
+    echo
+}
+
 bench_cold_start() {
     build_all
     ensure_tools
+    cold_breakdown
     echo "## Cold start (${COLD_RUNS} fresh workerd processes each, median [min-max])"
     echo
     echo "| worker | state | HTTP | workerd spawn -> listening ms | first resolve ms | workerd spawn -> first answer ms | next resolve ms | wrangler start -> first answer ms |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
     local name state i t0 code secs t1 up found pid ports port start_ticks listen_up next
-    for name in baseline edgeflag-demo edgeflag-5mb; do
+    for name in baseline edgeflag-demo edgeflag-real edgeflag-5mb; do
         case $name in
             baseline) state="none" ;;
             edgeflag-demo) state="demo" ;;
+            edgeflag-real) state="real 3-flag ($(div1024 "$(wc -c <"$STATE_REAL")") KB pb)" ;;
             edgeflag-5mb) state="$(div1024 "$(wc -c <"$STATE_5MB")") KB pb" ;;
         esac
         local a_listen=() a_first=() a_spawn=() a_next=() a_total=()
@@ -933,11 +989,16 @@ PY
 # its name section) and the release profile settings one at a time: each
 # variant is scripts/build-worker.sh (demo state) into target/bench/code/
 # with one CARGO_PROFILE_RELEASE_* override (its own fingerprint: the
-# normal build stays cached). Sizes are of the bundle's index_bg.wasm.
-CODE_VARIANTS=${CODE_VARIANTS:-"CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind"}
+# normal build stays cached), or with EDGEFLAG_CARGO_FEATURES=wasm-json-states,
+# which puts the JSON state decoders (native only since issue 14) back in.
+# A variant of several settings joins them with commas. Sizes are of the
+# bundle's index_bg.wasm; "code" is that minus the embedded state's bytes.
+CODE_TARGET_KB=700
+CODE_JSON=EDGEFLAG_CARGO_FEATURES=wasm-json-states
+CODE_VARIANTS=${CODE_VARIANTS:-"CARGO_PROFILE_RELEASE_STRIP=false $CODE_JSON CARGO_PROFILE_RELEASE_STRIP=false,$CODE_JSON CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind"}
 bench_code() {
     ensure_tools
-    local twiggy=$ROOT/.tools/twiggy/bin/twiggy dir=$SCRATCH/code v wasm raw gz
+    local twiggy=$ROOT/.tools/twiggy/bin/twiggy dir=$SCRATCH/code v vars wasm raw gz state code
     if [ ! -x "$twiggy" ]; then
         log "cargo install twiggy (into .tools/twiggy)"
         timeout 1200 cargo install --quiet --locked --root "$ROOT/.tools/twiggy" twiggy >&2 || die "installing twiggy failed"
@@ -945,29 +1006,41 @@ bench_code() {
     mkdir -p "$dir"
     local rows=() b label
     for v in current $CODE_VARIANTS; do
-        b=${dir#"$ROOT"/}/${v//[=]/-}
-        label=${v#CARGO_PROFILE_RELEASE_}
+        b=${dir#"$ROOT"/}/${v//[=,]/-}
+        label=${v//CARGO_PROFILE_RELEASE_/}
+        label=${label//$CODE_JSON/JSON state decoders in (feature wasm-json-states)}
+        label=${label//,/ + }
         label=${label,,}
-        log "code: scripts/build-worker.sh with ${v} -> $b"
-        if ! timeout 1800 env ${v/#current/_BENCH_CODE=1} EDGEFLAG_OUT_DIR="$b" bash scripts/build-worker.sh >"$b.log" 2>&1; then
-            rows+=("| $label | build failed ($b.log) | |")
+        vars=${v//,/ }
+        log "code: scripts/build-worker.sh with ${vars} -> $b"
+        if ! timeout 1800 env ${vars/#current/_BENCH_CODE=1} EDGEFLAG_OUT_DIR="$b" bash scripts/build-worker.sh >"$b.log" 2>&1; then
+            rows+=("| $label | build failed ($b.log) | | | |")
             continue
         fi
         wasm=$b/index_bg.wasm
         raw=$(wc -c <"$wasm")
         gz=$(gz_size "$wasm")
-        rows+=("| $label | $(div1024 "$raw") KB | $(div1024 "$gz") KB |")
+        # The state build-worker.sh embedded (its log names the file).
+        state=$(sed -n 's/^build-worker: .* embedding \(.*\)$/\1/p' "$b.log" | tail -1)
+        code=$((raw - $(wc -c <"${state:-/dev/null}")))
+        rows+=("| $label | $(div1024 "$raw") KB | $(div1024 "$gz") KB | $(div1024 "$code") KB | $(awk -v c="$code" -v t="$CODE_TARGET_KB" 'BEGIN { printf "%.2f", c / 1024 / t }') |")
     done
     echo "## Code size (the bundle's index_bg.wasm, demo state; release profile: opt-level s, lto, codegen-units 1, panic abort, strip)"
     echo
-    echo "| setting changed from the release profile | wasm raw | wasm gzip |"
-    echo "|---|---:|---:|"
+    echo "| setting changed from the release profile | wasm raw | wasm gzip | code (raw minus embedded state) | code ÷ ${CODE_TARGET_KB} KB target |"
+    echo "|---|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
     echo
-    if [ -f "$dir/CARGO_PROFILE_RELEASE_STRIP-false/index_bg.wasm" ]; then
+    local nostrip=$dir/CARGO_PROFILE_RELEASE_STRIP-false json=$dir/CARGO_PROFILE_RELEASE_STRIP-false-${CODE_JSON//=/-}
+    if [ -f "$nostrip/index_bg.wasm" ] && [ -f "$json/index_bg.wasm" ]; then
+        echo "By crate (twiggy shallow sizes of the strip=false builds, which add the name section), as shipped and with the JSON state decoders put back:"
+        echo
+        python3 scripts/bench/wasm_crates.py "$twiggy" "$nostrip/index_bg.wasm" --compare "with JSON decoders=$json/index_bg.wasm"
+        echo
+    elif [ -f "$nostrip/index_bg.wasm" ]; then
         echo "By crate (twiggy shallow sizes of the strip=false build, which adds the name section):"
         echo
-        python3 scripts/bench/wasm_crates.py "$twiggy" "$dir/CARGO_PROFILE_RELEASE_STRIP-false/index_bg.wasm"
+        python3 scripts/bench/wasm_crates.py "$twiggy" "$nostrip/index_bg.wasm"
         echo
     fi
 }

@@ -9,7 +9,8 @@
 # EDGEFLAG_ACCOUNT (account, for formats that carry none),
 # EDGEFLAG_OUT_DIR (bundle directory, relative to the repo; default build,
 # which wrangler.toml serves; another keeps build/ as it is, e.g. for a
-# bundle with another state: `wrangler dev DIR/worker/shim.mjs`).
+# bundle with another state: `wrangler dev DIR/worker/shim.mjs`),
+# EDGEFLAG_CARGO_FEATURES (cargo features of the wasm build; bench.sh only).
 # Run scripts/setup.sh first (this script does it if the tools are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,7 +93,9 @@ out=${out%/}
 echo "build-worker: worker-build --release --out-dir $out (wasm-bindgen: $WASM_BINDGEN_BIN)"
 rm -f "$out/edgeflag-build.json" # no manifest until the new bundle is whole
 start=$SECONDS
-"$WORKER_BUILD_BIN" --release --out-dir "$out"
+# EDGEFLAG_CARGO_FEATURES: cargo features for the wasm build (bench.sh
+# `code` builds one with wasm-json-states to measure the JSON decoders).
+"$WORKER_BUILD_BIN" --release --out-dir "$out" ${EDGEFLAG_CARGO_FEATURES:+. --features "$EDGEFLAG_CARGO_FEATURES"}
 echo "build-worker: built in $((SECONDS - start))s"
 
 [ -f "$out/worker/shim.mjs" ] || {

@@ -9,6 +9,9 @@
       one row; the name section itself (not shipped: release strips it) is
       left out. Generated protobuf code is split into prost's and pbjson's
       (the JSON decoders/encoders). Prints a markdown table: crate, KB, share.
+
+  wasm_crates.py TWIGGY WASM --compare LABEL=OTHER_WASM
+      The same for two builds side by side, with the difference.
 """
 
 from __future__ import annotations
@@ -51,14 +54,9 @@ def crate_of(name: str) -> str:
     return "(other: " + (n.split(" ", 1)[0][:24]) + ")"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("twiggy")
-    p.add_argument("wasm")
-    p.add_argument("--top", type=int, default=18)
-    a = p.parse_args()
+def by_crate(twiggy: str, wasm: str) -> tuple[Counter[str], int]:
     out = subprocess.run(
-        [a.twiggy, "top", "-n", "1000000", "-f", "csv", a.wasm], check=True, capture_output=True, text=True
+        [twiggy, "top", "-n", "1000000", "-f", "csv", wasm], check=True, capture_output=True, text=True
     ).stdout
     sizes: Counter[str] = Counter()
     total = 0
@@ -69,15 +67,45 @@ def main() -> None:
             continue  # not in the shipped (stripped) wasm
         total += size
         sizes[crate] += size
-    print("| crate | KB | share |")
-    print("|---|---:|---:|")
-    shown = 0
-    for crate, size in sizes.most_common(a.top):
-        shown += size
-        print(f"| {crate} | {size / 1024:.1f} | {100 * size / total:.1f}% |")
-    print(f"| (everything else) | {(total - shown) / 1024:.1f} | {100 * (total - shown) / total:.1f}% |")
-    print(f"| **total without the name section** | {total / 1024:.1f} | 100% |")
+    return sizes, total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("twiggy")
+    p.add_argument("wasm")
+    p.add_argument("--top", type=int, default=18)
+    p.add_argument("--compare", metavar="LABEL=WASM", help="a second build: its column and the difference")
+    a = p.parse_args()
+    sizes, total = by_crate(a.twiggy, a.wasm)
+    if not a.compare:
+        print("| crate | KB | share |")
+        print("|---|---:|---:|")
+        shown = 0
+        for crate, size in sizes.most_common(a.top):
+            shown += size
+            print(f"| {crate} | {size / 1024:.1f} | {100 * size / total:.1f}% |")
+        print(f"| (everything else) | {(total - shown) / 1024:.1f} | {100 * (total - shown) / total:.1f}% |")
+        print(f"| **total without the name section** | {total / 1024:.1f} | 100% |")
+        return
+    label, _, other = a.compare.partition("=")
+    if not other:
+        sys.exit("--compare wants LABEL=WASM")
+    osizes, ototal = by_crate(a.twiggy, other)
+    kb = lambda n: f"{n / 1024:.1f}"  # noqa: E731
+    print(f"| crate | KB | {label} KB | difference KB |")
+    print("|---|---:|---:|---:|")
+    # The crates either build has most of, so the difference shows.
+    crates = sorted(set(sizes) | set(osizes), key=lambda c: -max(sizes[c], osizes[c]))[: a.top]
+    shown = oshown = 0
+    for crate in crates:
+        shown += sizes[crate]
+        oshown += osizes[crate]
+        print(f"| {crate} | {kb(sizes[crate])} | {kb(osizes[crate])} | {kb(sizes[crate] - osizes[crate])} |")
+    rest, orest = total - shown, ototal - oshown
+    print(f"| (everything else) | {kb(rest)} | {kb(orest)} | {kb(rest - orest)} |")
+    print(f"| **total without the name section** | {kb(total)} | {kb(ototal)} | {kb(total - ototal)} |")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,7 +7,7 @@ serves within STATE_REFRESH_SECONDS, with no restart.
   pushed in turn; every response equals `edgeflag resolve` on the state its
   x-edgeflag-state-etag names, no old-state response follows a new-state
   one, and none fails.
-- Rejections (missing blob, sha256 mismatch, truncated, undecodable,
+- Rejections (missing blob, sha256 mismatch, truncated, undecodable, JSON,
   corrupt bitset): the previous state keeps serving, /metrics counts the
   result and the worker log's JSON line names the reason.
 - /readyz before the first state and after it; MAX_STATE_AGE_SECONDS.
@@ -223,6 +223,8 @@ REJECTIONS = [
     ("truncated", "size_mismatch", "bytes; the pointer says"),
     ("garbage", "invalid", "rejected"),
     ("bitset", "invalid", "deflate"),
+    # The isolate decodes protobuf only: a JSON state is refused with the fix.
+    ("json", "invalid", "edgeflag convert"),
 ]
 
 
@@ -244,12 +246,14 @@ def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Se
     corrupt = subprocess.run([str(cli), "convert", "--state", str(corrupt_json), "--account", "edgeflag-demo",
                               "--to", "envelope"], capture_output=True, check=True, timeout=30).stdout
     garbage = b"this is not a protobuf envelope" * 3
+    json_state = states["a"].read_bytes()  # valid, but JSON
     fake = lambda c: c * 32  # noqa: E731
     blobs = {
         f"state:blob:{fake('2')}": a_blob,  # sha256 in its pointer is wrong
         f"state:blob:{fake('3')}": a_blob[: len(a_blob) // 2],  # truncated
         f"state:blob:{fake('4')}": garbage,
         f"state:blob:{fake('5')}": corrupt,
+        f"state:blob:{fake('6')}": json_state,
     }
     pointers = {
         "missing": pointer_for(fake("1"), a_blob),
@@ -257,6 +261,7 @@ def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Se
         "truncated": pointer_for(fake("3"), a_blob),
         "garbage": pointer_for(fake("4"), garbage),
         "bitset": pointer_for(fake("5"), corrupt),
+        "json": pointer_for(fake("6"), json_state),
     }
     kv_put(worker, blobs, d)
 
