@@ -319,7 +319,11 @@ def test_a_failing_state_source_keeps_the_serving_state(
             assert all("EDGEFLAG_FAULTS state_blob=fail" in x["reason"] for x in kv_lines[-(BLOB_FAILS + 1):-1])
             # Each refresh is due 1 s after the last: no backoff past that.
             assert took < (BLOB_FAILS + 1) * 1.0 + 4.0, f"the state took {took:.1f} s to load after the fault cleared"
-            m = wait_metric(http, worker, 'edgeflag_state_loads_total{source="kv",result="fetch_failed"}', BLOB_FAILS)
-            assert m.get('edgeflag_state_loads_total{source="kv",result="ok"}', 0) >= 1, m
+            wait_metric(http, worker, 'edgeflag_state_loads_total{source="kv",result="fetch_failed"}', BLOB_FAILS)
+            # The successful load is counted in a later checkpoint than the
+            # failures (it ran in another request's waitUntil): wait for it
+            # too, then the failures must still be exactly BLOB_FAILS.
+            m = wait_metric(http, worker, 'edgeflag_state_loads_total{source="kv",result="ok"}', 1)
+            assert m['edgeflag_state_loads_total{source="kv",result="fetch_failed"}'] == BLOB_FAILS, m
     finally:
         worker.stop()
