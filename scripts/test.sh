@@ -10,10 +10,9 @@
 # 5. scripts/build-worker.sh                    the wasm bundle in build/
 # 6. scripts/check_deploy.py                    wrangler deploy --dry-run of that bundle (offline)
 # 7. pytest tests/e2e -v                        the bundle under wrangler dev (workerd)
-#                                               (test_sticky_layouts.py also builds one with the
-#                                               suite's state into target/e2e-spec/, and the
-#                                               none_bundle fixture one with EDGEFLAG_STATE=none
-#                                               into target/e2e-none/, each when stale)
+#                                               (the none_bundle fixture also builds one with
+#                                               EDGEFLAG_STATE=none into target/e2e-none/, when
+#                                               stale)
 #
 # Stops at the first failing step and says which one it was.
 set -euo pipefail

@@ -6,7 +6,7 @@ pointer moves through three states every second, as ratios to a control run
 with the same writer putting an unrelated key every second (so the
 writer's CPU is in both runs and the ratio is the cost of the swaps). The
 writer is one long-lived Miniflare on the instance's persisted KV
-(scripts/bench/kv_writer.js): `wrangler kv key put` costs 2.8 s a put
+(scripts/kv_local.js): `wrangler kv key put` costs 2.8 s a put
 here, which made the pointer flip only every ~2 s. The swaps the isolate
 made (its `ok` load log lines) are counted and printed with the writes.
 
@@ -19,13 +19,11 @@ import argparse
 import gzip
 import json
 import re
-import select
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,14 +34,7 @@ import requests  # noqa: E402
 import conftest  # noqa: E402
 
 CLI = ROOT / "target" / "debug" / "edgeflag"
-WRANGLER = ROOT / "node_modules" / ".bin" / "wrangler"
 BODY = '{"clientSecret":"demo-secret","flags":[],"evaluationContext":{"targeting_key":"u","country":"SE"}}'
-
-
-def kv_put(worker: conftest.Worker, key: str, path: Path) -> None:
-    subprocess.run([str(WRANGLER), "kv", "key", "put", key, "--path", str(path), "--binding", "STATE_KV", "--local",
-                    "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
-                   cwd=worker.config_path.parent, capture_output=True, check=True, timeout=120)
 
 
 def push(worker: conftest.Worker, state: Path, *extra: str) -> str:
@@ -55,41 +46,26 @@ def push(worker: conftest.Worker, state: Path, *extra: str) -> str:
 
 
 class KvWriter:
-    """scripts/bench/kv_writer.js on the instance's STATE_KV: one Miniflare
-    for every put, so a put costs milliseconds, not a wrangler start."""
+    """conftest.LocalKv (scripts/kv_local.js) on the instance's STATE_KV:
+    one Miniflare for every put, so a put costs milliseconds, not a
+    wrangler start."""
 
-    def __init__(self, worker: conftest.Worker) -> None:
-        config = tomllib.loads(worker.config_path.read_text())
-        ns = next(k["id"] for k in config["kv_namespaces"] if k["binding"] == "STATE_KV")
-        self.proc = subprocess.Popen(["node", str(ROOT / "scripts" / "bench" / "kv_writer.js"), str(worker.state_dir), ns],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if self._line(60) != "ready":
-            self.close()
-            raise SystemExit("live_state: kv_writer.js did not start")
-
-    def _line(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        return self.proc.stdout.readline().strip() if ready else ""
+    def __init__(self, worker: conftest.Worker, scratch: Path) -> None:
+        self.state_dir = worker.state_dir
+        try:
+            self.kv = conftest.LocalKv(scratch)
+        except RuntimeError as e:
+            raise SystemExit(f"live_state: {e}")
 
     def put(self, key: str, path: Path) -> float:
         """Puts the file's bytes at `key`; returns the put's own ms."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{key}\t{path}\n")
-        self.proc.stdin.flush()
-        answer = self._line(30)
-        if not answer.startswith("ok "):
-            raise SystemExit(f"live_state: kv_writer.js put {key}: {answer!r}")
-        return float(answer[3:])
+        try:
+            return self.kv.put(self.state_dir, "STATE_KV", key, path.read_bytes())
+        except RuntimeError as e:
+            raise SystemExit(f"live_state: put {key}: {e}")
 
     def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        self.kv.close()
 
 
 def kv_loads(worker: conftest.Worker, etags: set[str]) -> tuple[int, int]:
@@ -164,6 +140,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="edgeflag-bench-live-"))
     bundle = conftest.snapshot_bundle(build, tmp / "bundle")
     worker = conftest.launch_worker(tmp / "wrangler", {"STATE_REFRESH_SECONDS": "1"}, bundle=bundle)
+    (tmp / "kv").mkdir()
+    writer = KvWriter(worker, tmp / "kv")
     try:
         rows = []
         demo = ROOT / "src" / "demo_state.json"
@@ -197,14 +175,13 @@ def main() -> None:
             subprocess.run([str(CLI), "convert", "--state", str(path), "--to", "envelope", "--out",
                             str(tmp / f"{name}.blob"), "--pointer", str(tmp / f"{name}.ptr")], check=True)
             pointers[name] = json.loads((tmp / f"{name}.ptr").read_text())["etag"]
-            kv_put(worker, f"state:blob:{pointers[name]}", tmp / f"{name}.blob")
-        kv_put(worker, "state:current", tmp / "a.ptr")
+            writer.put(f"state:blob:{pointers[name]}", tmp / f"{name}.blob")
+        writer.put("state:current", tmp / "a.ptr")
         wait_serving(worker, pointers["a"])
         lua = tmp / "resolve.lua"
         lua.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                        f"wrk.body = [[{BODY}]]\n")
 
-        writer = KvWriter(worker)
 
         def run(key_for: callable) -> dict:
             """wrk at 8 connections while the writer puts key_for(i) once a
@@ -245,11 +222,8 @@ def main() -> None:
                            (b - a for a, b in zip(before, kv_loads(worker, set(pointers.values())))))),
             }
 
-        try:
-            control = run(lambda i: ("bench:unrelated", tmp / "a.ptr"))
-            swaps = run(lambda i: ("state:current", tmp / f"{names[(i + 1) % 3]}.ptr"))
-        finally:
-            writer.close()
+        control = run(lambda i: ("bench:unrelated", tmp / "a.ptr"))
+        swaps = run(lambda i: ("state:current", tmp / f"{names[(i + 1) % 3]}.ptr"))
         print(f"| 8 connections, {args.seconds} s | req/s | p99 ms | KV writes (during wrk) | mean s between writes"
               " | median put ms | refreshes | swaps in the isolate |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -268,6 +242,7 @@ def main() -> None:
               " isolate's refresh.")
         print()
     finally:
+        writer.close()
         worker.stop()
 
 

@@ -24,6 +24,8 @@ Fixtures:
   start_worker    factory: start_worker(vars={...}, secrets={...}, label="") -> Worker
   base_url        the default instance's URL, e.g. http://127.0.0.1:40123
   built_worker    the session's Bundle (launch_worker(..., bundle=) takes another)
+  local_kv        LocalKv: reads and writes any instance's local KV in
+                  milliseconds (a `wrangler kv --local` call costs seconds)
   none_bundle     a bundle built with EDGEFLAG_STATE=none (no embedded state), in
                   target/e2e-none/build, rebuilt only when its inputs change
                   (cached_bundle); launch_worker(..., bundle=none_bundle)
@@ -38,6 +40,7 @@ import json
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import socket
@@ -708,3 +711,125 @@ def parse_prometheus(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return samples
+
+
+def kv_namespace_id(binding: str) -> str:
+    """wrangler.toml's local namespace id for `binding`."""
+    config = tomllib.loads((REPO / "wrangler.toml").read_text())
+    return next(k["id"] for k in config["kv_namespaces"] if k["binding"] == binding)
+
+
+class LocalKv:
+    """One scripts/kv_local.js process for the session: each instance's
+    persisted local KV (its --persist-to dir, before or while it runs) is
+    opened once, then every call takes milliseconds. `wrangler kv key ...
+    --local` costs a node start and a Miniflare per call, 2.8 s here; the
+    tests of scripts/push-state.sh itself still go through wrangler."""
+
+    BINDINGS = ("STATE_KV", "MATERIALIZATIONS_KV", "METRICS_KV")
+    TIMEOUT = 60
+
+    def __init__(self, scratch: Path) -> None:
+        self._ids = {b: kv_namespace_id(b) for b in self.BINDINGS}
+        self._scratch = scratch
+        self._lock = threading.Lock()
+        self._n = 0
+        self.proc = subprocess.Popen(
+            ["node", str(REPO / "scripts" / "kv_local.js"), *self._ids.values()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+            env=dict(os.environ, WRANGLER_SEND_METRICS="false", NO_COLOR="1"),
+        )
+        ready = self._answer()
+        if not ready.get("ready"):
+            self.close()
+            raise RuntimeError(f"kv_local.js did not start: {ready}")
+
+    def _answer(self) -> dict:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.TIMEOUT)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(f"kv_local.js gave no answer within {self.TIMEOUT} s (exit {self.proc.poll()})")
+        return json.loads(line)
+
+    def _call(self, **req: object) -> dict:
+        with self._lock:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            answer = self._answer()
+        if not answer.get("ok"):
+            raise RuntimeError(f"kv_local.js {req.get('op')} {req.get('key', req.get('prefix', ''))}: {answer.get('error')}")
+        return answer
+
+    def put(self, state_dir: Path, binding: str, key: str, value: bytes | str,
+            ttl: int | None = None, metadata: object = None) -> float:
+        """Writes `value` at `key`; returns the put's own milliseconds."""
+        with self._lock:
+            self._n += 1
+            f = self._scratch / f"value-{self._n}"
+        f.write_bytes(value.encode() if isinstance(value, str) else value)
+        req: dict = {"op": "put", "dir": str(state_dir), "ns": self._ids[binding], "key": key, "file": str(f)}
+        if ttl is not None:
+            req["ttl"] = ttl
+        if metadata is not None:
+            req["metadata"] = metadata
+        ms = self._call(**req)["ms"]
+        f.unlink()
+        return ms
+
+    def get(self, state_dir: Path, binding: str, key: str) -> bytes | None:
+        b64 = self._call(op="get", dir=str(state_dir), ns=self._ids[binding], key=key)["base64"]
+        return None if b64 is None else base64.b64decode(b64)
+
+    def list(self, state_dir: Path, binding: str, prefix: str = "") -> list[dict]:
+        """The keys under `prefix`: [{"name", "metadata"?, "expiration"?}]."""
+        return self._call(op="list", dir=str(state_dir), ns=self._ids[binding], prefix=prefix)["keys"]
+
+    def release(self, state_dir: Path) -> None:
+        """Closes the store of `state_dir` (e.g. before its instance starts)."""
+        self._call(op="close", dir=str(state_dir))
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+CLI = REPO / "target" / "debug" / "edgeflag"
+
+
+@pytest.fixture(scope="session")
+def cli() -> Path:
+    """The `edgeflag` CLI (target/debug), built for the tests that compare
+    with `edgeflag resolve` or convert states; the embedded-state variables
+    of a bundle build must not leak into it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLAG_STATE") and k != "EDGEFLAG_ACCOUNT"}
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "edgeflag"], cwd=REPO, env=env, check=True, timeout=900)
+    return CLI
+
+
+def push_fast(kv: LocalKv, state_dir: Path, path: Path) -> str:
+    """What push-state.sh --keep-previous writes (the CLI's canonical blob,
+    then the pointer), through LocalKv: milliseconds instead of two wrangler
+    starts; to `state_dir` before or while its instance runs. Needs the
+    `cli` fixture. The tests of push-state.sh itself call the script."""
+    out = path.parent / f"{path.name}.envelope"
+    ptr = path.parent / f"{path.name}.pointer.json"
+    subprocess.run([str(CLI), "convert", "--state", str(path), "--to", "envelope", "--out", str(out),
+                    "--pointer", str(ptr)], check=True, timeout=60)
+    etag = json.loads(ptr.read_text())["etag"]
+    kv.put(state_dir, "STATE_KV", f"state:blob:{etag}", out.read_bytes())
+    kv.put(state_dir, "STATE_KV", "state:current", ptr.read_bytes())
+    return etag
+
+
+@pytest.fixture(scope="session")
+def local_kv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKv]:
+    kv = LocalKv(tmp_path_factory.mktemp("local-kv"))
+    yield kv
+    kv.close()

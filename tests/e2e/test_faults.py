@@ -22,7 +22,6 @@ isolate, which wrangler dev runs one of.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -31,26 +30,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, REQUEST_TIMEOUT, WRANGLER, Worker, fresh_session, launch_worker, parse_prometheus, poll
+from conftest import REPO, REQUEST_TIMEOUT, LocalKv, Worker, fresh_session, launch_worker, parse_prometheus, poll, push_fast
 from test_telemetry import Sink, assert_metrics_exact, assert_sink_attribution, assigned_entries, load_through_sink
 
-CLI = REPO / "target" / "debug" / "edgeflag"
 DEMO = REPO / "src" / "demo_state.json"
 SECRET = "demo-secret"
 AUTH = {"Authorization": f"ClientSecret {SECRET}"}
 STICKY_FLAG = "flags/pricing-experiment"
 STICKY_MAT = "materializations/pricing-experiment"
 STICKY_RULE = "flags/pricing-experiment/rules/premium-ab"
-KV_TIMEOUT = 60
 # The pair budget is 2 s; the response may take that plus the resolve.
 SLOW_BOUND_SECONDS = 3.5
-
-
-@pytest.fixture(scope="module")
-def cli() -> Path:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLAG_STATE") and k != "EDGEFLAG_ACCOUNT"}
-    subprocess.run(["cargo", "build", "--quiet", "--bin", "edgeflag"], cwd=REPO, env=env, check=True, timeout=900)
-    return CLI
 
 
 def enc(s: str) -> str:
@@ -61,21 +51,9 @@ def sticky_key(unit: str) -> str:
     return f"mat:{enc(unit)}:{enc(STICKY_MAT)}:{enc(STICKY_RULE)}"
 
 
-def kv(worker_dir: Path, *args: str) -> str:
-    """`wrangler kv ... --binding MATERIALIZATIONS_KV` on an instance's local
-    state (its config in `worker_dir`, its state in worker_dir/state)."""
-    run = subprocess.run(
-        [str(WRANGLER), "kv", *args, "--binding", "MATERIALIZATIONS_KV", "--local",
-         "--persist-to", str(worker_dir / "state"), "--config", str(worker_dir / "wrangler.toml")],
-        cwd=worker_dir, capture_output=True, text=True, timeout=KV_TIMEOUT,
-        env={**os.environ, "WRANGLER_SEND_METRICS": "false", "NO_COLOR": "1", "CI": "true"},
-    )
-    assert run.returncode == 0, f"wrangler kv {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
-    return run.stdout
-
-
-def stored(worker_dir: Path, unit: str) -> list[dict]:
-    return json.loads(kv(worker_dir, "key", "list", "--prefix", f"mat:{enc(unit)}:"))
+def stored(kv: LocalKv, worker_dir: Path, unit: str) -> list[dict]:
+    """The instance's stored assignments of `unit` (its state in worker_dir/state)."""
+    return kv.list(worker_dir / "state", "MATERIALIZATIONS_KV", f"mat:{enc(unit)}:")
 
 
 def metrics(http: requests.Session, worker: Worker) -> dict[str, float]:
@@ -118,22 +96,20 @@ def launch(tmp: Path, faults: str, **vars: str) -> Worker:
     return launch_worker(tmp, vars={"EDGEFLAG_FAULTS": faults, **vars})
 
 
-def seed(tmp: Path, unit: str, variant: str) -> None:
+def seed(kv: LocalKv, tmp: Path, unit: str, variant: str) -> None:
     """A stored assignment in the reference worker's layout (value only), so
-    reading it needs both the listing and a value read."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    # The instance's config does not exist before launch: seed with a copy.
-    from conftest import _session_bundle, write_config  # the session's bundle
-
-    assert _session_bundle is not None
-    write_config(tmp / "wrangler.toml", _session_bundle)
-    kv(tmp, "key", "put", sticky_key(unit), variant)
+    reading it needs both the listing and a value read; written before the
+    instance starts on the same state."""
+    kv.put(tmp / "state", "MATERIALIZATIONS_KV", sticky_key(unit), variant)
+    kv.release(tmp / "state")
 
 
 # --- Sticky reads ---------------------------------------------------------------------
 
 
-def check_failed_reads(tmp: Path, worker: Worker, cli: Path, seeded: str, fresh: str, bound: float | None) -> None:
+def check_failed_reads(
+    kv: LocalKv, tmp: Path, worker: Worker, cli: Path, seeded: str, fresh: str, bound: float | None
+) -> None:
     with fresh_session() as http:
         assert healthz_faults(http, worker) == worker.vars["EDGEFLAG_FAULTS"]
         for unit in (seeded, fresh):
@@ -155,35 +131,35 @@ def check_failed_reads(tmp: Path, worker: Worker, cli: Path, seeded: str, fresh:
         m = metrics(http, worker)
         assert m.get('edgeflag_sticky_writes_total{result="ok"}') == 0, m
     # Nothing written: the seeded value stands, the fresh unit has nothing.
-    assert kv(tmp, "key", "get", sticky_key(seeded), "--text") == "flags/pricing-experiment/variants/discount\n"
-    assert [k["name"] for k in stored(tmp, seeded)] == [sticky_key(seeded)]
-    assert stored(tmp, fresh) == []
+    assert kv.get(tmp / "state", "MATERIALIZATIONS_KV", sticky_key(seeded)) == b"flags/pricing-experiment/variants/discount"
+    assert [k["name"] for k in stored(kv, tmp, seeded)] == [sticky_key(seeded)]
+    assert stored(kv, tmp, fresh) == []
 
 
 def test_failing_sticky_reads_are_not_supported_write_nothing_and_are_counted(
-    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path
+    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path, local_kv: LocalKv
 ) -> None:
     tmp = tmp_path_factory.mktemp("fault-sticky-read")
     seeded, fresh = f"seeded-{uuid.uuid4().hex}", f"fresh-{uuid.uuid4().hex}"
-    seed(tmp, seeded, "flags/pricing-experiment/variants/discount")
+    seed(local_kv, tmp, seeded, "flags/pricing-experiment/variants/discount")
     worker = launch(tmp, "sticky_read=fail")
     try:
-        check_failed_reads(tmp, worker, cli, seeded, fresh, bound=None)
+        check_failed_reads(local_kv, tmp, worker, cli, seeded, fresh, bound=None)
     finally:
         worker.stop()
 
 
 def test_slow_sticky_reads_are_cut_off_within_the_budget(
-    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path
+    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path, local_kv: LocalKv
 ) -> None:
     tmp = tmp_path_factory.mktemp("fault-sticky-slow")
     seeded, fresh = f"seeded-{uuid.uuid4().hex}", f"fresh-{uuid.uuid4().hex}"
-    seed(tmp, seeded, "flags/pricing-experiment/variants/discount")
+    seed(local_kv, tmp, seeded, "flags/pricing-experiment/variants/discount")
     # Each attempt waits 2.5 s before reaching KV: past the 1 s attempt
     # timeout, so both attempts time out and the 2 s pair budget ends it.
     worker = launch(tmp, "sticky_read=slow:2500")
     try:
-        check_failed_reads(tmp, worker, cli, seeded, fresh, bound=SLOW_BOUND_SECONDS)
+        check_failed_reads(local_kv, tmp, worker, cli, seeded, fresh, bound=SLOW_BOUND_SECONDS)
     finally:
         worker.stop()
 
@@ -192,7 +168,7 @@ def test_slow_sticky_reads_are_cut_off_within_the_budget(
 
 
 def test_failing_sticky_writes_are_retried_once_and_counted(
-    built_worker, tmp_path_factory: pytest.TempPathFactory
+    built_worker, tmp_path_factory: pytest.TempPathFactory, local_kv: LocalKv
 ) -> None:
     """The first 3 write attempts of the isolate fail: unit A's write fails
     both attempts (not stored), unit B's first attempt fails and its retry
@@ -222,7 +198,7 @@ def test_failing_sticky_writes_are_retried_once_and_counted(
                 assert m, f"the write of unit {name} was not counted within ~30 s:\n{worker.log_tail()}"
                 got = tuple(m[f'edgeflag_sticky_writes_total{{result="{r}"}}'] for r in ("ok", "retried", "failed"))
                 assert got == want[name], f"after unit {name}: (ok, retried, failed) = {got}, expected {want[name]}"
-                keys = stored(tmp, unit)
+                keys = stored(local_kv, tmp, unit)
                 if name == "a":
                     assert keys == [], keys
                 else:
@@ -262,18 +238,6 @@ def test_a_refusing_queue_loses_and_duplicates_nothing(built_worker, tmp_path_fa
 BLOB_FAILS = 2  # failed refreshes; each is two read attempts
 
 
-def push(worker: Worker, path: Path) -> str:
-    out = subprocess.run(
-        ["bash", str(REPO / "scripts" / "push-state.sh"), str(path), "--local",
-         "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
-        cwd=REPO, env=dict(os.environ, EDGEFLAG_CLI=str(CLI)), capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    etag = out.stdout.strip()
-    assert len(etag) == 32, out.stdout
-    return etag
-
-
 def state_load_lines(worker: Worker) -> list[dict]:
     dec = json.JSONDecoder()
     return [dec.raw_decode(line[line.index("{"):])[0]
@@ -281,7 +245,7 @@ def state_load_lines(worker: Worker) -> list[dict]:
 
 
 def test_a_failing_state_source_keeps_the_serving_state(
-    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path
+    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path, local_kv: LocalKv
 ) -> None:
     tmp = tmp_path_factory.mktemp("fault-state")
     other = json.loads(DEMO.read_text())
@@ -296,7 +260,7 @@ def test_a_failing_state_source_keeps_the_serving_state(
             first = http.get(worker.url("/readyz"), timeout=REQUEST_TIMEOUT)
             assert first.status_code == 200, first.text
             serving = first.json()["etag"]
-            pushed = push(worker, tmp / "pushed.json")
+            pushed = push_fast(local_kv, worker.state_dir, tmp / "pushed.json")
             assert pushed != serving
             seen: list[str] = []
             t0 = time.monotonic()

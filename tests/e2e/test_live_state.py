@@ -31,20 +31,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, Bundle, Worker, fresh_session, launch_worker, parse_prometheus, poll
+from conftest import CLI, REPO, Bundle, LocalKv, Worker, fresh_session, launch_worker, parse_prometheus, poll, push_fast
 
 SECRET = "demo-secret"
-CLI = REPO / "target" / "debug" / "edgeflag"
-WRANGLER = REPO / "node_modules" / ".bin" / "wrangler"
 DEMO = REPO / "src" / "demo_state.json"
 TIMEOUT = 10
-
-
-@pytest.fixture(scope="module")
-def cli() -> Path:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLAG_STATE") and k != "EDGEFLAG_ACCOUNT"}
-    subprocess.run(["cargo", "build", "--quiet", "--bin", "edgeflag"], cwd=REPO, env=env, check=True, timeout=600)
-    return CLI
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +66,10 @@ def push(worker: Worker, path: Path, *extra: str) -> str:
     return etag
 
 
-def kv_put(worker: Worker, entries: dict[str, bytes], tmp: Path) -> None:
-    """Writes raw values into the instance's STATE_KV, in order, one
-    `wrangler kv key put --path` each (`kv bulk put` of base64 values is
-    not byte-exact in wrangler 4.86's local mode)."""
+def kv_put(kv: LocalKv, worker: Worker, entries: dict[str, bytes]) -> None:
+    """Writes raw values into the instance's STATE_KV, in order."""
     for key, value in entries.items():
-        f = tmp / f"value-{time.monotonic_ns()}"
-        f.write_bytes(value)
-        out = subprocess.run(
-            [str(WRANGLER), "kv", "key", "put", key, "--path", str(f), "--binding", "STATE_KV", "--local",
-             "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
-            cwd=worker.config_path.parent, capture_output=True, text=True, timeout=120,
-        )
-        assert out.returncode == 0, out.stdout + out.stderr
+        kv.put(worker.state_dir, "STATE_KV", key, value)
 
 
 def pointer_for(etag: str, blob: bytes, size: int | None = None, sha: str | None = None) -> bytes:
@@ -148,10 +130,12 @@ LIVE = {"STATE_REFRESH_SECONDS": "1"}
 
 
 @pytest.mark.parametrize("worker", [{"vars": LIVE}], indirect=True)
-def test_alternating_pushes_under_load(worker: Worker, http: requests.Session, cli: Path, states: dict) -> None:
+def test_alternating_pushes_under_load(
+    worker: Worker, http: requests.Session, cli: Path, states: dict, local_kv: LocalKv
+) -> None:
     n = 16
     want = {}
-    etag_a = push(worker, states["a"], "--keep-previous")
+    etag_a = push_fast(local_kv, worker.state_dir, states["a"])
     wait_serving(http, worker, etag_a)
     want[etag_a] = expected(cli, states["a"], n)
     etag_b = None
@@ -183,7 +167,7 @@ def test_alternating_pushes_under_load(worker: Worker, http: requests.Session, c
     try:
         for path in ("b", "a", "b", "a"):
             started = time.monotonic()
-            etag = push(worker, states[path], "--keep-previous")
+            etag = push_fast(local_kv, worker.state_dir, states[path])
             if path == "b" and etag_b is None:
                 etag_b = etag
                 want[etag_b] = expected(cli, states["b"], n)
@@ -229,8 +213,10 @@ REJECTIONS = [
 
 
 @pytest.mark.parametrize("worker", [{"vars": dict(LIVE, MAX_STATE_AGE_SECONDS="3")}], indirect=True)
-def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Session, cli: Path, states: dict) -> None:
-    etag_a = push(worker, states["a"], "--keep-previous")
+def test_rejected_states_keep_the_previous_one(
+    worker: Worker, http: requests.Session, cli: Path, states: dict, local_kv: LocalKv
+) -> None:
+    etag_a = push_fast(local_kv, worker.state_dir, states["a"])
     wait_serving(http, worker, etag_a)
     d = states["dir"]
     a_blob = subprocess.run([str(cli), "convert", "--state", str(states["a"]), "--to", "envelope"],
@@ -263,11 +249,11 @@ def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Se
         "bitset": pointer_for(fake("5"), corrupt),
         "json": pointer_for(fake("6"), json_state),
     }
-    kv_put(worker, blobs, d)
+    kv_put(local_kv, worker, blobs)
 
     for name, result, phrase in REJECTIONS:
         etag = json.loads(pointers[name])["etag"]
-        kv_put(worker, {"state:current": pointers[name]}, d)
+        kv_put(local_kv, worker, {"state:current": pointers[name]})
 
         # The log line names this pointer's etag and the reason ...
         def logged() -> list[dict] | None:
@@ -296,7 +282,7 @@ def test_rejected_states_keep_the_previous_one(worker: Worker, http: requests.Se
     assert poll(not_ready, 20, 0.5)
     assert serving(http, worker) == etag_a
     # A good pointer again confirms it: ready.
-    kv_put(worker, {"state:current": pointer_for(etag_a, a_blob)}, d)
+    kv_put(local_kv, worker, {"state:current": pointer_for(etag_a, a_blob)})
     assert poll(lambda: http.get(worker.url("/readyz"), timeout=TIMEOUT).status_code == 200, 40, 0.5)
 
 
@@ -368,7 +354,7 @@ def test_a_none_build_is_unavailable_until_its_first_state(
 
 
 def test_a_cold_isolate_shares_one_first_load(
-    none_bundle: Bundle, states: dict, tmp_path_factory: pytest.TempPathFactory
+    none_bundle: Bundle, states: dict, tmp_path_factory: pytest.TempPathFactory, cli: Path, local_kv: LocalKv
 ) -> None:
     """16 concurrent first requests to an isolate with no state, a state
     already pushed: one pointer read and one blob load between them (one
@@ -384,7 +370,7 @@ def test_a_cold_isolate_shares_one_first_load(
     big_path.write_text(json.dumps(big))
     worker = launch_worker(tmp_path_factory.mktemp("cold-load"), LIVE, bundle=none_bundle)
     try:
-        etag = push(worker, big_path)  # before any request that loads (/healthz does not)
+        etag = push_fast(local_kv, worker.state_dir, big_path)  # before any request that loads (/healthz does not)
         n = 16
         gate = threading.Barrier(n)
 
@@ -573,18 +559,12 @@ PRICING = "flags/pricing-experiment"
 CONTROL = "flags/pricing-experiment/variants/control"
 
 
-def list_sticky_keys(worker: Worker, prefix: str) -> set[str]:
-    out = subprocess.run(
-        [str(WRANGLER), "kv", "key", "list", "--binding", "MATERIALIZATIONS_KV", "--local", "--prefix", prefix,
-         "--persist-to", str(worker.state_dir), "--config", str(worker.config_path)],
-        cwd=worker.config_path.parent, capture_output=True, text=True, timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return {k["name"] for k in json.loads(out.stdout)}
+def list_sticky_keys(kv: LocalKv, worker: Worker, prefix: str) -> set[str]:
+    return {k["name"] for k in kv.list(worker.state_dir, "MATERIALIZATIONS_KV", prefix)}
 
 
 def test_sticky_assignments_survive_a_push_that_changes_the_allocation(
-    start_worker, http: requests.Session, cli: Path, states: dict
+    start_worker, http: requests.Session, cli: Path, states: dict, local_kv: LocalKv
 ) -> None:
     worker = start_worker(vars=LIVE, label="sticky-push")
     # C: the experiment now sends 999 of 1000 buckets to control (discount
@@ -627,13 +607,13 @@ def test_sticky_assignments_survive_a_push_that_changes_the_allocation(
     prefix = f"mat:u{run}-"
 
     def all_written() -> set[str] | None:
-        k = list_sticky_keys(worker, prefix)
+        k = list_sticky_keys(local_kv, worker, prefix)
         return k if len(k) >= len(units) else None
 
     keys = poll(all_written, 20, 1.0)
     assert keys and {k.split(":")[1] for k in keys} == set(units), f"lost writes: {sorted(keys or [])}"
 
-    etag_c = push(worker, state_c, "--keep-previous")
+    etag_c = push_fast(local_kv, worker.state_dir, state_c)
     wait_serving(http, worker, etag_c)
     for unit in units:
         assert pricing(unit)["variant"] == before[unit], unit

@@ -8,9 +8,10 @@ expectation says, so a switch from the reference worker keeps every
 assignment. And edgeflag's own writes must be readable by the reference
 worker: the variant is the raw value.
 
-The suite's cases share one state (resolver-spec/state.json), built once
-into its own bundle (target/e2e-spec/build, reused while its inputs are
-unchanged), with one flag added that no case resolves: its sticky read
+The suite's cases share one state (resolver-spec/state.json), served by
+the production build (EDGEFLAG_STATE=none) from STATE_KV, where it is put
+with the cases' seeds before each instance starts, with one flag added that
+no case resolves: its sticky read
 fails in workerd (the key prefix is longer than KV allows), which shows a
 failed read resolving as MATERIALIZATION_NOT_SUPPORTED, writing nothing and being counted. Cases share unit `user1` but disagree about what KV holds for
 it, and resolving writes, so cases are grouped into rounds whose seeds
@@ -21,8 +22,6 @@ round gets its own instance (own KV), all rounds started in parallel.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,12 +31,9 @@ from typing import Iterator
 import pytest
 import requests
 
-from conftest import REPO, REQUEST_TIMEOUT, WRANGLER, Bundle, Worker, cached_bundle, fresh_session, launch_worker, poll
+from conftest import REPO, REQUEST_TIMEOUT, Bundle, LocalKv, Worker, fresh_session, launch_worker, poll, push_fast
 
 SPEC = REPO.parent / "shared" / "conformance" / "resolver-spec"
-SPEC_STATE = REPO / "target" / "e2e-spec" / "state.json"  # the suite's, plus UNREADABLE_FLAG
-SPEC_OUT = "target/e2e-spec/build"  # relative to REPO, as build-worker.sh wants
-KV_TIMEOUT = 60
 # A rule no spec flag has: seeds "unit is in the materialization" with no
 # variant for any rule a case reads, as another flag's write would.
 INCLUSION_RULE = "flags/e2e-seed/rules/inclusion"
@@ -244,28 +240,25 @@ def mismatches(expected: dict, actual: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def spec_bundle(built_worker: Bundle, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Bundle:
-    """The Worker with the suite's state, in its own out dir (build/ keeps
-    the demo state the other tests use); rebuilt only when its inputs change,
-    and served, like every bundle, from a checked private copy."""
-    text = json.dumps(embedded_state(), sort_keys=True)
-    SPEC_STATE.parent.mkdir(parents=True, exist_ok=True)
-    if not SPEC_STATE.exists() or SPEC_STATE.read_text(encoding="utf-8") != text:
-        SPEC_STATE.write_text(text, encoding="utf-8")
-    return cached_bundle(str(SPEC_STATE), SPEC_OUT, tmp_path_factory.mktemp("spec-bundle"), [SPEC_STATE], pytestconfig)
+def spec_state(tmp_path_factory: pytest.TempPathFactory, cli: Path) -> Path:
+    """The suite's state plus UNREADABLE_FLAG, as a file for push_fast."""
+    path = tmp_path_factory.mktemp("spec-state") / "state.json"
+    path.write_text(json.dumps(embedded_state(), sort_keys=True), encoding="utf-8")
+    return path
 
 
-def kv(*args: str, persist: Path) -> str:
-    run = subprocess.run(
-        [str(WRANGLER), "kv", *args, "--binding", "MATERIALIZATIONS_KV", "--local", "--persist-to", str(persist)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=KV_TIMEOUT,
-        env={**os.environ, "WRANGLER_SEND_METRICS": "false", "NO_COLOR": "1", "CI": "true"},
-    )
-    assert run.returncode == 0, f"wrangler kv {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}"
-    return run.stdout
+def start_spec_worker(kv: LocalKv, tmp: Path, none_bundle: Bundle, spec_state: Path, seeds: list[dict]) -> Worker:
+    """The production build on `tmp`, its KV holding `seeds` (sticky
+    entries: key, value, metadata?) and the suite's state before it starts."""
+    for e in seeds:
+        kv.put(tmp / "state", "MATERIALIZATIONS_KV", e["key"], e["value"], metadata=e.get("metadata"))
+    push_fast(kv, tmp / "state", spec_state)
+    kv.release(tmp / "state")
+    return launch_worker(tmp, bundle=none_bundle)
+
+
+def stored(kv: LocalKv, worker: Worker, prefix: str = "") -> list[dict]:
+    return kv.list(worker.state_dir, "MATERIALIZATIONS_KV", prefix)
 
 
 @dataclass
@@ -280,17 +273,16 @@ ROUNDS = rounds_of([Case.of(c) for c in CASES])
 
 
 @pytest.fixture(scope="module")
-def results(spec_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], list[str]]]:
+def results(
+    none_bundle: Bundle, spec_state: Path, local_kv: LocalKv, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[tuple[str, str], list[str]]]:
     """Seeds and starts one instance per (layout, round), in parallel, runs
     each round's cases in order and returns the mismatches per (layout,
     case name); every instance is stopped afterwards."""
 
     def start(layout: str, cases: list[Case], tmp: Path) -> Round:
         entries = seed_entries(cases, layout)
-        seed = tmp / "seed.json"
-        seed.write_text(json.dumps(entries))
-        kv("bulk", "put", str(seed), persist=tmp / "state")
-        return Round(layout, cases, launch_worker(tmp, bundle=spec_bundle), entries)
+        return Round(layout, cases, start_spec_worker(local_kv, tmp, none_bundle, spec_state, entries), entries)
 
     # mktemp is not thread-safe: directories first, then the threads.
     jobs = [(layout, r, tmp_path_factory.mktemp(f"sticky-{layout}")) for layout in LAYOUTS for r in ROUNDS]
@@ -345,9 +337,9 @@ def test_case_resolves_as_the_suite_expects(results: dict[tuple[str, str], list[
 
 
 def test_a_failed_read_is_not_supported_writes_nothing_and_is_counted(
-    spec_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory
+    none_bundle: Bundle, spec_state: Path, local_kv: LocalKv, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    worker = launch_worker(tmp_path_factory.mktemp("sticky-unreadable"), bundle=spec_bundle)
+    worker = start_spec_worker(local_kv, tmp_path_factory.mktemp("sticky-unreadable"), none_bundle, spec_state, [])
     try:
         with fresh_session() as http:
             body = {
@@ -377,12 +369,12 @@ def test_a_failed_read_is_not_supported_writes_nothing_and_is_counted(
         # By now the response's waitUntil work is long done: nothing was
         # written (taken as "not stored", the flag would have assigned and
         # stored a variant in WRITTEN_MAT).
-        assert json.loads(kv("key", "list", persist=worker.state_dir)) == []
+        assert stored(local_kv, worker) == []
     finally:
         worker.stop()
 
 
-def test_edgeflag_writes_the_variant_as_the_value(http: requests.Session, worker: Worker) -> None:
+def test_edgeflag_writes_the_variant_as_the_value(http: requests.Session, worker: Worker, local_kv: LocalKv) -> None:
     """What the reference worker reads (the raw value), and edgeflag's
     metadata next to it; the demo state's sticky experiment."""
     flag = "flags/pricing-experiment"
@@ -404,14 +396,13 @@ def test_edgeflag_writes_the_variant_as_the_value(http: requests.Session, worker
 
     # Written after the response (waitUntil): bounded wait for the key.
     def listed() -> list[dict]:
-        return json.loads(kv("key", "list", "--prefix", key, persist=worker.state_dir))
+        return stored(local_kv, worker, key)
 
     keys = poll(listed, attempts=20, interval=0.5)
     assert keys, f"{key} was not written within ~10 s"
     assert [k["name"] for k in keys] == [key]
     assert keys[0].get("metadata") == {"v": variant}, keys
-    # wrangler prints the value and a newline.
-    assert kv("key", "get", key, "--text", persist=worker.state_dir) == variant + "\n"
+    assert local_kv.get(worker.state_dir, "MATERIALIZATIONS_KV", key) == variant.encode()
 
 
 def demo_flag(name: str) -> dict:
