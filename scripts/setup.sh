@@ -5,6 +5,9 @@
 #   bash scripts/setup.sh --e2e      # ... plus .venv/ with tests/e2e/requirements.txt,
 #                                    #     .venv-ofrep/ with tests/e2e/ofrep/requirements.txt, promtool (apt)
 #   bash scripts/setup.sh --bench    # ... plus wrk (apt)
+#   bash scripts/setup.sh --rust     # only the pinned Rust toolchain and its wasm target
+#                                    # (scripts/test.sh runs this first, then the rest
+#                                    # beside cargo test: two rustups must not race)
 #
 # Idempotent and cached: everything lands in the (gitignored) repo-local
 # .tools/, node_modules/, .venv/ and .venv-ofrep/, and each step is skipped when what it
@@ -21,13 +24,15 @@ ROOT=$PWD
 WANT_E2E=0
 WANT_BENCH=0
 PRINT_ENV=0
+ONLY_RUST=0
 for arg in "$@"; do
     case "$arg" in
         --e2e) WANT_E2E=1 ;;
         --bench) WANT_BENCH=1 ;;
         --print-env) PRINT_ENV=1 ;;
+        --rust) ONLY_RUST=1 ;;
         -h | --help)
-            sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -96,6 +101,11 @@ for comp in clippy rustfmt; do
         did+=("$comp")
     fi
 done
+
+if [ "$ONLY_RUST" = 1 ]; then
+    log "Rust $TOOLCHAIN with wasm32-unknown-unknown in place${did[*]:+ (installed: ${did[*]})}"
+    exit 0
+fi
 
 # --- wasm-bindgen-cli and worker-build, from source -------------------------------
 # Both are build-time tools that run for well under a second per build, so

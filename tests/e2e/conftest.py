@@ -306,20 +306,25 @@ def cached_bundle(
     edgeflag crate (its embedded state changed) and relinks."""
     stamp_path = (REPO / out).parent / "stamp"
     stamp = bundle_inputs_hash(extra or [])
-    whole = (REPO / out / "edgeflag-build.json").exists()
-    if not (whole and stamp_path.exists() and stamp_path.read_text() == stamp):
-        started = time.monotonic()
-        subprocess.run(
-            ["bash", str(REPO / "scripts" / "build-worker.sh")],
-            cwd=REPO,
-            env=dict(os.environ, EDGEFLAG_STATE=state, EDGEFLAG_OUT_DIR=out),
-            check=True,
-            timeout=BUILD_TIMEOUT,
-        )
-        stamp_path.write_text(stamp)
-        if config is not None:
-            say(config, f"cached_bundle: built {out} (EDGEFLAG_STATE={state}) in {time.monotonic() - started:.0f} s")
-    return snapshot_bundle(REPO / out, dest)
+    stamp_path.parent.mkdir(parents=True, exist_ok=True)
+    # One build at a time per out dir, across pytest-xdist workers: the
+    # second waits for the first and then finds the stamp.
+    with open(stamp_path.parent / ".build-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        whole = (REPO / out / "edgeflag-build.json").exists()
+        if not (whole and stamp_path.exists() and stamp_path.read_text() == stamp):
+            started = time.monotonic()
+            subprocess.run(
+                ["bash", str(REPO / "scripts" / "build-worker.sh")],
+                cwd=REPO,
+                env=dict(os.environ, EDGEFLAG_STATE=state, EDGEFLAG_OUT_DIR=out),
+                check=True,
+                timeout=BUILD_TIMEOUT,
+            )
+            stamp_path.write_text(stamp)
+            if config is not None:
+                say(config, f"cached_bundle: built {out} (EDGEFLAG_STATE={state}) in {time.monotonic() - started:.0f} s")
+        return snapshot_bundle(REPO / out, dest)
 
 
 # The bundle every instance runs unless told otherwise; set once per session
@@ -547,14 +552,19 @@ def built_worker(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """Builds the bundle once per session (EDGEFLAG_E2E_SKIP_BUILD=1 reuses
     build/), then snapshots it: every instance runs that private copy."""
     global _session_bundle
-    if os.environ.get("EDGEFLAG_E2E_SKIP_BUILD") == "1":
-        if not BUNDLE_ENTRY.exists():
-            pytest.fail(f"EDGEFLAG_E2E_SKIP_BUILD=1 but {BUNDLE_ENTRY} does not exist")
-    else:
-        subprocess.run(["bash", str(REPO / "scripts" / "build-worker.sh")], cwd=REPO, check=True, timeout=BUILD_TIMEOUT)
     if not WRANGLER.exists():
         pytest.fail(f"{WRANGLER} missing: run `bash scripts/setup.sh --e2e`")
-    _session_bundle = snapshot_bundle(REPO / "build", tmp_path_factory.mktemp("bundle"))
+    (REPO / "target").mkdir(exist_ok=True)
+    # pytest-xdist workers build and snapshot build/ one at a time.
+    with open(REPO / "target" / ".e2e-build-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.environ.get("EDGEFLAG_E2E_SKIP_BUILD") == "1":
+            if not BUNDLE_ENTRY.exists():
+                pytest.fail(f"EDGEFLAG_E2E_SKIP_BUILD=1 but {BUNDLE_ENTRY} does not exist")
+        else:
+            subprocess.run(["bash", str(REPO / "scripts" / "build-worker.sh")], cwd=REPO, check=True,
+                           timeout=BUILD_TIMEOUT)
+        _session_bundle = snapshot_bundle(REPO / "build", tmp_path_factory.mktemp("bundle"))
     return _session_bundle
 
 
