@@ -90,6 +90,7 @@
 #   STICKY_UNITS=2000  requests per row of the sticky section
 #   TAIL_SECS=8 TAIL_ROUNDS=3 TAIL_CONNS="8 32"   the tail section
 #   TAIL_VARS="NAME:VALUE ..."   extra vars for edgeflag in the tail section
+#   TAIL_NO_CONSUMER=1           edgeflag in the tail section without its queue consumer (experiment)
 #   PIN=1              pin workerd to CPU 1 and wrk to CPU 0 (2+ cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,6 +106,7 @@ TAIL_SECS=${TAIL_SECS:-8}
 TAIL_ROUNDS=${TAIL_ROUNDS:-3}
 TAIL_CONNS=${TAIL_CONNS:-"8 32"}
 TAIL_VARS=${TAIL_VARS:-}
+TAIL_NO_CONSUMER=${TAIL_NO_CONSUMER:-0}
 MEM_REQUESTS=10000
 SCRATCH=$ROOT/target/bench
 T0=$SECONDS
@@ -324,6 +326,7 @@ W_LOG=""
 start_worker() { # NAME [RUN-DIR-SUFFIX [KV-SEED-JSON]]
     local name=$1 config script port iport dir
     read -r config script <<<"$(target_config "$name")"
+    config=${W_CONFIG:-$config} # an experiment's edited copy
     [ -f "$script" ] || die "$name: $script missing (build first)"
     dir=$SCRATCH/run-$name${2:+-$2}
     rm -rf "$dir"
@@ -916,8 +919,21 @@ bench_tail() {
             W_VARS=()
             for v in $TAIL_VARS; do W_VARS+=(--var "$v"); done
         fi
+        if [ "$name" = edgeflag-demo ] && [ "$TAIL_NO_CONSUMER" = 1 ]; then
+            # The experiment: the producer still sends, nothing consumes in
+            # this isolate (no [[queues.consumers]] table).
+            W_CONFIG=$SCRATCH/wrangler-no-consumer.toml
+            python3 - wrangler.toml "$W_CONFIG" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+out, n = re.subn(r"(?ms)^\[\[queues\.consumers\]\].*?(?=^\[|\Z)", "", text)
+assert n == 1, n
+open(sys.argv[2], "w").write(out)
+PY
+        fi
         start_worker "$name" tail
         W_VARS=()
+        W_CONFIG=
         wait_answer "$name" >/dev/null
         read -r pid port <<<"$(find_workerd "$name")"
         T_PID[$name]=$pid
@@ -952,7 +968,7 @@ bench_tail() {
     echo "## Tail latency under sustained load (scripts/bench/tail.py, every request recorded, ${TAIL_SECS}s per row, straight at workerd)"
     echo
     echo "Each round loads the baseline, then edgeflag (demo state), at each connection count; closed-loop keep-alive"
-    echo "connections, a fresh targeting key per request.${TAIL_VARS:+ edgeflag vars: \`$TAIL_VARS\`.} Ratios are edgeflag ÷ baseline in the same round; stall: the longest time in which no request completed."
+    echo "connections, a fresh targeting key per request.${TAIL_VARS:+ edgeflag vars: \`$TAIL_VARS\`.}$([ "$TAIL_NO_CONSUMER" != 1 ] || echo " edgeflag runs with no queue consumer (TAIL_NO_CONSUMER=1).") Ratios are edgeflag ÷ baseline in the same round; stall: the longest time in which no request completed."
     echo
     python3 - "$results" <<'PY'
 import json, sys
