@@ -96,7 +96,10 @@ impl Faults {
                     number(parts.next(), "delay")?
                         .ok_or_else(|| format!("EDGEFLAG_FAULTS {entry:?}: slow needs :MS"))?,
                 ),
-                other => return Err(format!("EDGEFLAG_FAULTS {entry:?}: unknown action {other:?} (fail, slow:MS)")),
+                other => {
+                    let other = other.unwrap_or_default();
+                    return Err(format!("EDGEFLAG_FAULTS {entry:?}: unknown action {other:?} (fail, slow:MS)"));
+                }
             };
             let limit = number(parts.next(), "count")?;
             if parts.next().is_some() {

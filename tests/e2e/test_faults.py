@@ -11,9 +11,12 @@
 - the Queue refusing sends: the checkpoint is kept and resent, every resolve
   is counted once and reaches the flag-log sink once, the failed sends are
   counted;
-- state blob reads failing: the serving state keeps serving, /readyz stays
-  200, each failed refresh is counted fetch_failed, and the refresh after the
-  fault clears loads the pushed state (the interval is the only retry delay).
+- state pointer or blob reads failing: the serving state keeps serving,
+  /readyz stays 200, each failed refresh is counted fetch_failed, and the
+  refresh after the fault clears loads the pushed state (the interval is the
+  only retry delay);
+- a malformed EDGEFLAG_FAULTS: refused whole (nothing injected), named on
+  /healthz and in the log.
 
 One wrangler dev instance per fault config; counts in EDGEFLAG_FAULTS are per
 isolate, which wrangler dev runs one of.
@@ -244,17 +247,18 @@ def state_load_lines(worker: Worker) -> list[dict]:
             for line in worker.log_tail(1_000_000).splitlines() if '"event":"state_load"' in line]
 
 
+@pytest.mark.parametrize("site", ["state_blob", "state_pointer"])
 def test_a_failing_state_source_keeps_the_serving_state(
-    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path, local_kv: LocalKv
+    built_worker, tmp_path_factory: pytest.TempPathFactory, cli: Path, local_kv: LocalKv, site: str
 ) -> None:
-    tmp = tmp_path_factory.mktemp("fault-state")
+    tmp = tmp_path_factory.mktemp(f"fault-{site}")
     other = json.loads(DEMO.read_text())
     for flag in other["flags"].values():
         for v in flag.get("variants", []):
             if isinstance(v.get("value"), dict) and "message" in v["value"]:
                 v["value"]["message"] = "pushed: " + v["value"]["message"]
     (tmp / "pushed.json").write_text(json.dumps(other))
-    worker = launch(tmp, f"state_blob=fail:{2 * BLOB_FAILS}", STATE_REFRESH_SECONDS="1")
+    worker = launch(tmp, f"{site}=fail:{2 * BLOB_FAILS}", STATE_REFRESH_SECONDS="1")
     try:
         with fresh_session() as http:
             first = http.get(worker.url("/readyz"), timeout=REQUEST_TIMEOUT)
@@ -280,7 +284,7 @@ def test_a_failing_state_source_keeps_the_serving_state(
             kv_lines = [x for x in state_load_lines(worker) if x["source"] == "kv"]
             results = [x["result"] for x in kv_lines]
             assert results[-(BLOB_FAILS + 1):] == ["fetch_failed"] * BLOB_FAILS + ["ok"], results
-            assert all("EDGEFLAG_FAULTS state_blob=fail" in x["reason"] for x in kv_lines[-(BLOB_FAILS + 1):-1])
+            assert all(f"EDGEFLAG_FAULTS {site}=fail" in x["reason"] for x in kv_lines[-(BLOB_FAILS + 1):-1])
             # Each refresh is due 1 s after the last: no backoff past that.
             assert took < (BLOB_FAILS + 1) * 1.0 + 4.0, f"the state took {took:.1f} s to load after the fault cleared"
             wait_metric(http, worker, 'edgeflag_state_loads_total{source="kv",result="fetch_failed"}', BLOB_FAILS)
@@ -289,5 +293,34 @@ def test_a_failing_state_source_keeps_the_serving_state(
             # too, then the failures must still be exactly BLOB_FAILS.
             m = wait_metric(http, worker, 'edgeflag_state_loads_total{source="kv",result="ok"}', 1)
             assert m['edgeflag_state_loads_total{source="kv",result="fetch_failed"}'] == BLOB_FAILS, m
+    finally:
+        worker.stop()
+
+
+# --- A malformed config ---------------------------------------------------------------------
+
+
+def test_a_malformed_fault_config_injects_nothing_and_says_so(
+    built_worker, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Refused whole: the valid entry beside the bad one is not injected
+    either, /healthz names the error, and the worker log says it."""
+    worker = launch(tmp_path_factory.mktemp("fault-malformed"), "sticky_read=fail,queue_send=explode")
+    try:
+        with fresh_session() as http:
+            r = http.get(worker.url("/healthz"), timeout=REQUEST_TIMEOUT)
+            assert r.status_code == 200, r.text
+            # The value as set, and why none of it is in force.
+            assert r.json()["faults"] == "sticky_read=fail,queue_send=explode", r.json()
+            assert r.json()["faultsError"] == \
+                'EDGEFLAG_FAULTS "queue_send=explode": unknown action "explode" (fail, slow:MS)', r.json()
+            # sticky_read=fail would make this MATERIALIZATION_NOT_SUPPORTED.
+            resp = http.post(worker.url("/v1/flags:resolve"), json=resolve_body(f"fresh-{uuid.uuid4().hex}"),
+                             timeout=REQUEST_TIMEOUT)
+            assert resp.status_code == 200, resp.text
+            sticky = next(f for f in resp.json()["resolvedFlags"] if f["flag"] == STICKY_FLAG)
+            assert sticky["reason"] == "RESOLVE_REASON_MATCH" and sticky["variant"], sticky
+        assert poll(lambda: "queue_send=explode" in worker.log_tail(10_000) and "no fault is injected" in worker.log_tail(10_000),
+                    20, 0.25), worker.log_tail()
     finally:
         worker.stop()
