@@ -1000,7 +1000,7 @@ PY
 # bundle's index_bg.wasm; "code" is that minus the embedded state's bytes.
 CODE_TARGET_KB=700
 CODE_JSON=EDGEFLAG_CARGO_FEATURES=wasm-json-states
-CODE_VARIANTS=${CODE_VARIANTS:-"CARGO_PROFILE_RELEASE_STRIP=false $CODE_JSON CARGO_PROFILE_RELEASE_STRIP=false,$CODE_JSON CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind"}
+CODE_VARIANTS=${CODE_VARIANTS:-"CARGO_PROFILE_RELEASE_STRIP=false $CODE_JSON CARGO_PROFILE_RELEASE_STRIP=false,$CODE_JSON CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind"}
 # Builds one CODE_VARIANTS entry (unless SKIP_BUILD=1 and it is there) and
 # echoes "DIR LABEL RAW GZIP CODE" (sizes in bytes), or fails.
 code_build() { # VARIANT
@@ -1040,7 +1040,7 @@ bench_code() {
         fi
         rows+=("| ${label//_/ } | $(div1024 "$raw") KB | $(div1024 "$gz") KB | $(div1024 "$code") KB | $(awk -v c="$code" -v t="$CODE_TARGET_KB" 'BEGIN { printf "%.2f", c / 1024 / t }') |")
     done
-    echo "## Code size (the bundle's index_bg.wasm, demo state; release profile: opt-level s, lto, codegen-units 1, panic abort, strip)"
+    echo "## Code size (the bundle's index_bg.wasm, demo state; release profile: opt-level z, lto, codegen-units 1, panic abort, strip)"
     echo
     echo "| setting changed from the release profile | wasm raw | wasm gzip | code (raw minus embedded state) | code ÷ ${CODE_TARGET_KB} KB target |"
     echo "|---|---:|---:|---:|---:|"
@@ -1066,7 +1066,11 @@ bench_code() {
 # warm-up, for DURATION seconds; rounds alternate the variants, so load
 # from elsewhere on the machine spreads over all of them. Ratios are to
 # `current` (the release profile as committed) in the same run.
-CODE_CPU_VARIANTS=${CODE_CPU_VARIANTS:-"current CARGO_PROFILE_RELEASE_OPT_LEVEL=z"}
+# A per-package opt-level (EDGEFLAG_CARGO_CONFIG=profile.release.package.
+# edgeflag.opt-level=...) builds keep the wasm name section (strip is not
+# applied; 2026-12-02, cargo 1.95), so their sizes are not comparable; and
+# under fat LTO the root crate's level governs the merged module anyway.
+CODE_CPU_VARIANTS=${CODE_CPU_VARIANTS:-"CARGO_PROFILE_RELEASE_OPT_LEVEL=s EDGEFLAG_WASM_OPT=-Oz"}
 CODE_CPU_ROUNDS=${CODE_CPU_ROUNDS:-3}
 declare -A CODE_SHIM
 bench_code_cpu() {
