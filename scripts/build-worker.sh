@@ -122,6 +122,9 @@ fi
     echo "build-worker: ERROR: $out/worker/shim.mjs missing after build" >&2
     exit 1
 }
+# wasm-bindgen's own name section (debug names of its adapters): not code.
+python3 scripts/strip_wasm_names.py "$out/index_bg.wasm"
+
 size_line() {
     local f=$1
     printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "${f#"$out"/}" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"
