@@ -2,7 +2,7 @@
 # edgeflag benchmarks, printed as markdown tables in one run.
 #
 #   bash scripts/bench.sh                     # every section
-#   bash scripts/bench.sh native size         # only some: native size workerd tail ofrep cold telemetry sticky scale live code
+#   bash scripts/bench.sh native size         # only some: native size workerd tail ofrep cold telemetry sticky scale live code code_cpu
 #   SKIP_BUILD=1 bash scripts/bench.sh ...    # reuse the bundles in target/bench/
 #
 # Sections (one function each):
@@ -32,6 +32,10 @@
 #   bench_code        (not in the default run: one wasm32 release build per
 #                     CODE_VARIANTS setting, several minutes) wasm size per
 #                     release-profile setting, and twiggy's size by crate.
+#   bench_code_cpu    (not in the default run) workerd CPU per resolve of each
+#                     CODE_CPU_VARIANTS build (CODE_VARIANTS syntax) against
+#                     the release profile as committed, CODE_CPU_ROUNDS
+#                     alternating rounds of wrk -c8, as ratios.
 #   bench_ofrep       OFREP single and bulk evaluation on edgeflag (demo state)
 #                     under workerd, bulk also with OFREP_BULK_APPLY=false:
 #                     wrk at 1, 8 and 32 connections; req/s, p50/p99, workerd
@@ -296,12 +300,13 @@ target_config() { # NAME -> "CONFIG SCRIPT"
         edgeflag-demo) echo "wrangler.toml $SCRATCH/worker-demo/build/worker/shim.mjs" ;;
         edgeflag-5mb) echo "wrangler.toml $SCRATCH/worker-5mb/build/worker/shim.mjs" ;;
         edgeflag-real) echo "wrangler.toml $SCRATCH/worker-real/build/worker/shim.mjs" ;;
+        code-*) echo "wrangler.toml ${CODE_SHIM[$1]}" ;;
         *) die "unknown target $1" ;;
     esac
 }
 body_head() {
     case $1 in
-        baseline | edgeflag-demo)
+        baseline | edgeflag-demo | code-*)
             printf '{"flags":["%s"],"clientSecret":"%s","apply":false,"evaluationContext":{"country":"SE","targeting_key":"user-' \
                 "$DEMO_FLAG" "$DEMO_SECRET"
             ;;
@@ -1011,37 +1016,47 @@ PY
 # bundle's index_bg.wasm; "code" is that minus the embedded state's bytes.
 CODE_TARGET_KB=700
 CODE_JSON=EDGEFLAG_CARGO_FEATURES=wasm-json-states
-CODE_VARIANTS=${CODE_VARIANTS:-"CARGO_PROFILE_RELEASE_STRIP=false $CODE_JSON CARGO_PROFILE_RELEASE_STRIP=false,$CODE_JSON CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind"}
+CODE_VARIANTS=${CODE_VARIANTS:-"CARGO_PROFILE_RELEASE_STRIP=false $CODE_JSON CARGO_PROFILE_RELEASE_STRIP=false,$CODE_JSON CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind"}
+# Builds one CODE_VARIANTS entry (unless SKIP_BUILD=1 and it is there) and
+# echoes "DIR LABEL RAW GZIP CODE" (sizes in bytes), or fails.
+code_build() { # VARIANT
+    local v=$1 b label vars state raw
+    b=${SCRATCH#"$ROOT"/}/code/${v//[=,\"*]/-}
+    label=${v//CARGO_PROFILE_RELEASE_/}
+    label=${label//EDGEFLAG_CARGO_CONFIG=profile.release.package./}
+    label=${label//$CODE_JSON/JSON state decoders in (feature wasm-json-states)}
+    label=${label//,/ + }
+    label=${label,,}
+    label=${label//_/-}
+    vars=${v//,/ }
+    mkdir -p "$SCRATCH/code"
+    if [ "$SKIP_BUILD" != 1 ] || [ ! -f "$b/index_bg.wasm" ]; then
+        log "code: scripts/build-worker.sh with ${vars} -> $b"
+        timeout 1800 env ${vars/#current/_BENCH_CODE=1} EDGEFLAG_OUT_DIR="$b" bash scripts/build-worker.sh >"$b.log" 2>&1 ||
+            return 1
+    fi
+    raw=$(wc -c <"$b/index_bg.wasm")
+    # The state build-worker.sh embedded (its log names the file).
+    state=$(sed -n 's/^build-worker: .* embedding \(.*\)$/\1/p' "$b.log" | tail -1)
+    echo "$b ${label// /_} $raw $(gz_size "$b/index_bg.wasm") $((raw - $(wc -c <"${state:-/dev/null}")))"
+}
+
 bench_code() {
     ensure_tools
-    local twiggy=$ROOT/.tools/twiggy/bin/twiggy dir=$SCRATCH/code v vars wasm raw gz state code
+    local twiggy=$ROOT/.tools/twiggy/bin/twiggy dir=$SCRATCH/code v b label raw gz code
     if [ ! -x "$twiggy" ]; then
         log "cargo install twiggy (into .tools/twiggy)"
         timeout 1200 cargo install --quiet --locked --root "$ROOT/.tools/twiggy" twiggy >&2 || die "installing twiggy failed"
     fi
-    mkdir -p "$dir"
-    local rows=() b label
+    local rows=()
     for v in current $CODE_VARIANTS; do
-        b=${dir#"$ROOT"/}/${v//[=,]/-}
-        label=${v//CARGO_PROFILE_RELEASE_/}
-        label=${label//$CODE_JSON/JSON state decoders in (feature wasm-json-states)}
-        label=${label//,/ + }
-        label=${label,,}
-        vars=${v//,/ }
-        log "code: scripts/build-worker.sh with ${vars} -> $b"
-        if ! timeout 1800 env ${vars/#current/_BENCH_CODE=1} EDGEFLAG_OUT_DIR="$b" bash scripts/build-worker.sh >"$b.log" 2>&1; then
-            rows+=("| $label | build failed ($b.log) | | | |")
+        if ! read -r b label raw gz code <<<"$(code_build "$v")" || [ -z "$code" ]; then
+            rows+=("| $v | build failed (see target/bench/code/*.log) | | | |")
             continue
         fi
-        wasm=$b/index_bg.wasm
-        raw=$(wc -c <"$wasm")
-        gz=$(gz_size "$wasm")
-        # The state build-worker.sh embedded (its log names the file).
-        state=$(sed -n 's/^build-worker: .* embedding \(.*\)$/\1/p' "$b.log" | tail -1)
-        code=$((raw - $(wc -c <"${state:-/dev/null}")))
-        rows+=("| $label | $(div1024 "$raw") KB | $(div1024 "$gz") KB | $(div1024 "$code") KB | $(awk -v c="$code" -v t="$CODE_TARGET_KB" 'BEGIN { printf "%.2f", c / 1024 / t }') |")
+        rows+=("| ${label//_/ } | $(div1024 "$raw") KB | $(div1024 "$gz") KB | $(div1024 "$code") KB | $(awk -v c="$code" -v t="$CODE_TARGET_KB" 'BEGIN { printf "%.2f", c / 1024 / t }') |")
     done
-    echo "## Code size (the bundle's index_bg.wasm, demo state; release profile: opt-level s, lto, codegen-units 1, panic abort, strip)"
+    echo "## Code size (the bundle's index_bg.wasm, demo state; release profile: opt-level z, lto, codegen-units 1, panic abort, strip)"
     echo
     echo "| setting changed from the release profile | wasm raw | wasm gzip | code (raw minus embedded state) | code ÷ ${CODE_TARGET_KB} KB target |"
     echo "|---|---:|---:|---:|---:|"
@@ -1059,6 +1074,69 @@ bench_code() {
         python3 scripts/bench/wasm_crates.py "$twiggy" "$nostrip/index_bg.wasm"
         echo
     fi
+}
+
+# CPU per resolve of code variants under workerd: each CODE_CPU_VARIANTS
+# entry (CODE_VARIANTS syntax; built by code_build) serves the demo state
+# in its own wrangler dev; wrk -c8 straight at its workerd, after a 2 s
+# warm-up, for DURATION seconds; rounds alternate the variants, so load
+# from elsewhere on the machine spreads over all of them. Ratios are to
+# `current` (the release profile as committed) in the same run.
+# A per-package opt-level (EDGEFLAG_CARGO_CONFIG=profile.release.package.
+# edgeflag.opt-level=...) builds keep the wasm name section (strip is not
+# applied; 2026-12-02, cargo 1.95), so their sizes are not comparable; and
+# under fat LTO the root crate's level governs the merged module anyway.
+CODE_CPU_VARIANTS=${CODE_CPU_VARIANTS:-"CARGO_PROFILE_RELEASE_OPT_LEVEL=s EDGEFLAG_WASM_OPT=-Oz"}
+CODE_CPU_ROUNDS=${CODE_CPU_ROUNDS:-3}
+declare -A CODE_SHIM
+bench_code_cpu() {
+    ensure_tools
+    local v b label raw gz code names=() r name found pid port c0 c1 out rps reqs cpu lua
+    declare -A info cpus rpss
+    for v in current $CODE_CPU_VARIANTS; do
+        [ "$v" != current ] || [ ${#names[@]} -eq 0 ] || continue
+        read -r b label raw gz code <<<"$(code_build "$v")" || die "code_cpu: building $v failed (see $SCRATCH/code/*.log)"
+        name=code-${#names[@]}
+        names+=("$name")
+        CODE_SHIM[$name]=$b/worker/shim.mjs
+        info[$name]="$label $raw $gz $code"
+    done
+    for r in $(seq 1 "$CODE_CPU_ROUNDS"); do
+        for name in "${names[@]}"; do
+            start_worker "$name"
+            wait_answer "$name" >/dev/null
+            found=$(find_workerd "$name")
+            read -r pid port <<<"$found"
+            lua=$SCRATCH/run-$name/load.lua
+            write_lua "$name" "$lua"
+            "${WRK_PREFIX[@]}" wrk -t1 -c8 -d2s --timeout 5s -s "$lua" "http://127.0.0.1:$port/v1/flags:resolve" >/dev/null 2>&1 || true
+            out=$SCRATCH/run-$name/wrk-r$r.txt
+            log "code_cpu: round $r, ${info[$name]%% *}: wrk -c8 for ${DURATION}s"
+            c0=$(cpu_ticks "$pid")
+            "${WRK_PREFIX[@]}" wrk -t1 -c8 -d"${DURATION}s" --timeout 5s -s "$lua" "http://127.0.0.1:$port/v1/flags:resolve" >"$out" 2>&1 || true
+            c1=$(cpu_ticks "$pid")
+            read -r rps reqs _ _ _ _ <<<"$(parse_wrk "$out")"
+            cpu=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+            cpus[$name]="${cpus[$name]:-} $cpu"
+            rpss[$name]="${rpss[$name]:-} $rps"
+            stop_worker
+        done
+    done
+    echo "## CPU per resolve by code variant (demo state, wrk -c8 straight at workerd, ${DURATION}s, ${CODE_CPU_ROUNDS} alternating rounds)"
+    echo
+    echo "| variant | code (raw minus embedded state) | wasm gzip | workerd CPU µs/req by round | median | ÷ current | req/s median | ÷ current |"
+    echo "|---|---:|---:|---|---:|---:|---:|---:|"
+    local base_cpu base_rps
+    median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+    base_cpu=$(median <<<"${cpus[code-0]}")
+    base_rps=$(median <<<"${rpss[code-0]}")
+    for name in "${names[@]}"; do
+        read -r label raw gz code <<<"${info[$name]}"
+        awk -v l="${label//_/ }" -v code="$code" -v gz="$gz" -v rounds="${cpus[$name]# }" -v c="$(median <<<"${cpus[$name]}")" \
+            -v bc="$base_cpu" -v q="$(median <<<"${rpss[$name]}")" -v bq="$base_rps" 'BEGIN {
+                printf "| %s | %.1f KB | %.1f KB | %s | %.1f | %.3f | %.0f | %.3f |\n", l, code / 1024, gz / 1024, rounds, c, c / bc, q, q / bq }'
+    done
+    echo
 }
 
 bench_live() {
@@ -1100,8 +1178,9 @@ for s in "${SECTIONS[@]}"; do
         scale) bench_scale ;;
         tail) bench_tail ;;
         code) bench_code ;;
+        code_cpu) bench_code_cpu ;;
         live) bench_live ;;
-        *) die "unknown section '$s' (native size workerd ofrep cold telemetry sticky scale live tail code)" ;;
+        *) die "unknown section '$s' (native size workerd ofrep cold telemetry sticky scale live tail code code_cpu)" ;;
     esac
 done
 log "done in $((SECONDS - T0))s"

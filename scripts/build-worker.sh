@@ -10,7 +10,13 @@
 # EDGEFLAG_OUT_DIR (bundle directory, relative to the repo; default build,
 # which wrangler.toml serves; another keeps build/ as it is, e.g. for a
 # bundle with another state: `wrangler dev DIR/worker/shim.mjs`),
-# EDGEFLAG_CARGO_FEATURES (cargo features of the wasm build; bench.sh only).
+# EDGEFLAG_CARGO_FEATURES (cargo features of the wasm build; bench.sh only),
+# EDGEFLAG_CARGO_CONFIG (space-separated cargo `--config KEY=VALUE` entries
+# for the wasm build, e.g. profile.release.package.edgeflag.opt-level=3;
+# bench.sh only: cargo ignores CARGO_PROFILE_*_PACKAGE_* variables).
+# EDGEFLAG_WASM_OPT (wasm-opt flags, e.g. -Oz: binaryen's optimizer, npm
+# binaryen@132.0.0 installed into .tools/ on first use, run over the
+# bundle's wasm after the build; bench.sh only).
 # Run scripts/setup.sh first (this script does it if the tools are missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,13 +101,35 @@ rm -f "$out/edgeflag-build.json" # no manifest until the new bundle is whole
 start=$SECONDS
 # EDGEFLAG_CARGO_FEATURES: cargo features for the wasm build (bench.sh
 # `code` builds one with wasm-json-states to measure the JSON decoders).
-"$WORKER_BUILD_BIN" --release --out-dir "$out" ${EDGEFLAG_CARGO_FEATURES:+. --features "$EDGEFLAG_CARGO_FEATURES"}
+cargo_args=()
+[ -z "${EDGEFLAG_CARGO_FEATURES:-}" ] || cargo_args+=(--features "$EDGEFLAG_CARGO_FEATURES")
+read -r -a cargo_config <<<"${EDGEFLAG_CARGO_CONFIG:-}" # no globbing: keys may hold "*"
+for c in ${cargo_config[@]+"${cargo_config[@]}"}; do cargo_args+=(--config "$c"); done
+"$WORKER_BUILD_BIN" --release --out-dir "$out" ${cargo_args[@]+. "${cargo_args[@]}"}
 echo "build-worker: built in $((SECONDS - start))s"
+if [ -n "${EDGEFLAG_WASM_OPT:-}" ]; then
+    # The features rustc and wasm-bindgen emit, so wasm-opt accepts the
+    # module and adds none beyond them.
+    start=$SECONDS
+    # Installed on first use only: no CI run or deployment needs it.
+    wasm_opt=.tools/binaryen-132.0.0/node_modules/.bin/wasm-opt
+    [ -x "$wasm_opt" ] || npm install --no-save --no-audit --no-fund --loglevel=error \
+        --prefix .tools/binaryen-132.0.0 binaryen@132.0.0 >&2
+    "$wasm_opt" $EDGEFLAG_WASM_OPT --enable-bulk-memory --enable-bulk-memory-opt \
+        --enable-nontrapping-float-to-int --enable-exception-handling --enable-reference-types \
+        --enable-multivalue --enable-sign-ext --enable-mutable-globals \
+        "$out/index_bg.wasm" -o "$out/index_bg.wasm.opt"
+    mv "$out/index_bg.wasm.opt" "$out/index_bg.wasm"
+    echo "build-worker: wasm-opt $EDGEFLAG_WASM_OPT in $((SECONDS - start))s"
+fi
 
 [ -f "$out/worker/shim.mjs" ] || {
     echo "build-worker: ERROR: $out/worker/shim.mjs missing after build" >&2
     exit 1
 }
+# wasm-bindgen's own name section (debug names of its adapters): not code.
+python3 scripts/strip_wasm_names.py "$out/index_bg.wasm"
+
 size_line() {
     local f=$1
     printf 'build-worker:   %-28s %9d bytes raw %9d bytes gzip\n' "${f#"$out"/}" "$(wc -c <"$f")" "$(gzip -9c "$f" | wc -c)"

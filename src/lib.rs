@@ -64,6 +64,8 @@ pub mod hash;
 pub mod ofrep;
 /// Generated wire types and their proto3 JSON mapping.
 pub mod proto;
+/// URL query strings (the worker parses no `Url`).
+pub mod query;
 /// The resolver core.
 pub mod resolve;
 /// State formats, validation, the immutable snapshot and the serving slot.

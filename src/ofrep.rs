@@ -536,10 +536,7 @@ pub fn not_modified(if_none_match: Option<&str>, etag: &str) -> bool {
 
 /// `flagConfigEtag` from the query string, percent-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.trim_start_matches('?').split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned())
-    })
+    crate::query::values(query, name).next()
 }
 
 /// Whether a bulk request may be answered 304: its `If-None-Match` names

@@ -309,17 +309,16 @@ async fn dispatch(req: &Request, env: &Env, ctx: &Context) -> Result<Response, A
         Route::Readyz => handle_readyz(&call).await,
         Route::Healthz => handle_healthz(&call).await,
         Route::Metrics => {
-            let consistent = req
-                .url()
-                .map(|u| u.query_pairs().any(|(k, v)| k == "consistent" && (v == "1" || v == "true")))
-                .unwrap_or(false);
+            let url = req.inner().url();
+            let consistent =
+                crate::query::values(crate::query::of_url(&url), "consistent").any(|v| v == "1" || v == "true");
             handle_metrics(&call, consistent).await
         }
         Route::MetricsApply => handle_metrics_apply(body, &call).await,
         Route::OfrepEvaluate => handle_ofrep_evaluate(ofrep::single_key(&path).unwrap_or_default(), body, &call).await,
         Route::OfrepBulk => {
-            let query = req.url().map(|u| u.query().unwrap_or_default().to_string()).unwrap_or_default();
-            handle_ofrep_bulk(body, &query, &call).await
+            let url = req.inner().url();
+            handle_ofrep_bulk(body, crate::query::of_url(&url), &call).await
         }
     }
 }

@@ -6,7 +6,9 @@ the bundle in build/ as it was. (The valid path is every other e2e test: they
 run on the bundle it built.) scripts/check_deploy.py runs `wrangler deploy
 --dry-run` on the built bundle: scripts/test.sh runs it on the production
 wrangler.toml, and here a broken copy fails it, even where wrangler itself
-only warns.
+only warns. The bundle's wasm carries no name section
+(scripts/strip_wasm_names.py), and stripping it leaves every other section
+as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Callable
 import pytest
 
 from conftest import REPO, Bundle, write_config
+
+sys.path.insert(0, str(REPO / "scripts"))
+from strip_wasm_names import strip_names  # noqa: E402
 
 BUILD_WORKER = REPO / "scripts" / "build-worker.sh"
 BUNDLE_WASM = REPO / "build" / "index_bg.wasm"
@@ -83,3 +88,39 @@ def test_a_broken_config_fails_the_dry_run_deploy(
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
     assert "check_deploy: ERROR" in out and says in out, out
+
+
+def custom_section_names(wasm: bytes) -> list[str]:
+    from strip_wasm_names import MAGIC, leb128
+
+    names, i = [], len(MAGIC)
+    while i < len(wasm):
+        size, body = leb128(wasm, i + 1)
+        if wasm[i] == 0:
+            n, at = leb128(wasm, body)
+            names.append(wasm[at : at + n].decode())
+        i = body + size
+    return names
+
+
+def test_the_bundle_wasm_has_no_name_section() -> None:
+    wasm = BUNDLE_WASM.read_bytes()
+    assert "name" not in custom_section_names(wasm)
+    assert strip_names(wasm) == (wasm, 0)
+
+
+def test_stripping_names_drops_only_the_name_section() -> None:
+    # magic, a type section (one `() -> ()`), a name section, a custom "keep".
+    def custom(name: bytes, payload: bytes) -> bytes:
+        body = bytes([len(name)]) + name + payload
+        return bytes([0, len(body)]) + body
+
+    types = bytes([1, 4, 1, 0x60, 0, 0])
+    names = custom(b"name", bytes([1, 4, 1, 0, 1, ord("f")]))
+    keep = custom(b"keep", b"xyz")
+    wasm = b"\0asm\x01\0\0\0" + types + names + keep
+    assert strip_names(wasm) == (b"\0asm\x01\0\0\0" + types + keep, len(names))
+    with pytest.raises(ValueError, match="past the end"):
+        strip_names(wasm[:-1])
+    with pytest.raises(ValueError, match="magic"):
+        strip_names(b"\0asm\x02\0\0\0")
