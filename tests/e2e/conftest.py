@@ -828,8 +828,10 @@ def push_fast(kv: LocalKv, state_dir: Path, path: Path) -> str:
     then the pointer), through LocalKv: milliseconds instead of two wrangler
     starts; to `state_dir` before or while its instance runs. Needs the
     `cli` fixture. The tests of push-state.sh itself call the script."""
-    out = path.parent / f"{path.name}.envelope"
-    ptr = path.parent / f"{path.name}.pointer.json"
+    # A directory of its own per call: concurrent pushes of one state file
+    # (the sticky-layout rounds start in parallel) must not share outputs.
+    work = Path(tempfile.mkdtemp(prefix=f"push-{path.stem}-", dir=path.parent))
+    out, ptr = work / "envelope", work / "pointer.json"
     subprocess.run([str(CLI), "convert", "--state", str(path), "--to", "envelope", "--out", str(out),
                     "--pointer", str(ptr)], check=True, timeout=60)
     etag = json.loads(ptr.read_text())["etag"]
