@@ -748,6 +748,7 @@ class LocalKv:
             ["node", str(REPO / "scripts" / "kv_local.js"), *self._ids.values()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
             env=dict(os.environ, WRANGLER_SEND_METRICS="false", NO_COLOR="1"),
+            start_new_session=True,  # its own group: close() stops its workerds too
         )
         ready = self._answer()
         if not ready.get("ready"):
@@ -759,6 +760,8 @@ class LocalKv:
         ready, _, _ = select.select([self.proc.stdout], [], [], self.TIMEOUT)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
+            # Out of step with its answers from here on: stop it.
+            self.close()
             raise RuntimeError(f"kv_local.js gave no answer within {self.TIMEOUT} s (exit {self.proc.poll()})")
         return json.loads(line)
 
@@ -801,13 +804,22 @@ class LocalKv:
         self._call(op="close", dir=str(state_dir))
 
     def close(self) -> None:
-        if self.proc.stdin:
+        """Ends it (closing stdin disposes every store), then kills whatever
+        of its process group is left (Miniflare's workerds) and checks that
+        nothing is."""
+        if self.proc.stdin and not self.proc.stdin.closed:
             self.proc.stdin.close()
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=5)
+        gone = poll(lambda: not live_group_members(self.proc.pid), 20, 0.25)
+        assert gone, f"kv_local.js left processes behind: {live_group_members(self.proc.pid)}"
 
 
 CLI = REPO / "target" / "debug" / "edgeflag"
